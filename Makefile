@@ -1,0 +1,30 @@
+# `make run` and `make test` are the two commands in the README; each sets up what it needs.
+VENV ?= .venv
+PYTHON ?= python3
+PORT ?= 8000
+# Where an index is unreachable (offline CI with a local torch wheel), fail over at once
+# instead of retrying it for minutes. Set PIP_RETRIES=5 on a flaky network.
+PIP_RETRIES ?= 0
+PIP = $(VENV)/bin/pip install --retries $(PIP_RETRIES) --disable-pip-version-check
+
+.PHONY: run test install install-dev
+
+run: $(VENV)/.run-installed
+	PORT=$(PORT) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sh -c "$$(sed -n 's/^web: //p' Procfile)"
+
+test: $(VENV)/.dev-installed
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.run-installed
+install-dev: $(VENV)/.dev-installed
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.run-installed: requirements.txt | $(VENV)/bin/python
+	$(PIP) -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements.txt requirements-train.txt requirements-dev.txt | $(VENV)/bin/python
+	$(PIP) -r requirements-dev.txt
+	touch $@ $(VENV)/.run-installed

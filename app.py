@@ -1,0 +1,66 @@
+"""The web service: ``gunicorn app:app`` serves it, ``flask --app app`` runs its commands.
+
+``create_app`` builds a new app from defaults, the environment and an optional mapping;
+the model is loaded here, in each gunicorn worker after it forks, never in the master.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from flask_cors import CORS
+
+from classifier.pipeline import Classifier
+from web.api import EXTENSION_KEY, api
+from web.errors import register_error_handlers
+from web.settings import check_settings, settings_from_env
+
+
+def create_app(config: dict | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_mapping(settings_from_env())
+    if config:
+        app.config.from_mapping(config)
+    check_settings(app.config)
+
+    CORS(app, origins=_origins(app.config["CORS_ORIGINS"]))
+    register_error_handlers(app)
+    app.register_blueprint(api)
+
+    if app.config["LOAD_MODEL"]:
+        load_classifier(app)
+    return app
+
+
+def load_classifier(app: Flask) -> Classifier:
+    """Load and warm up the model; a bad file stops start-up with the reason."""
+    classifier = Classifier.setup(
+        app.config["MODEL_PATH"],
+        max_pixels=app.config["MAX_IMAGE_PIXELS"],
+        threads=app.config["TORCH_THREADS"],
+    )
+    app.extensions[EXTENSION_KEY] = classifier
+    logging.getLogger(__name__).info(
+        "model %s %s loaded in %.2fs (%d classes, %d torch threads)",
+        classifier.model.name,
+        classifier.model.version,
+        classifier.model.load_seconds,
+        len(classifier.labels),
+        app.config["TORCH_THREADS"],
+    )
+    return classifier
+
+
+def _origins(raw: str):
+    origins = [origin.strip() for origin in raw.split(",") if origin.strip()]
+    return "*" if origins in ([], ["*"]) else origins
+
+
+def __getattr__(name: str):
+    # `gunicorn app:app` and `flask --app app` look up `app` here: build it on first use,
+    # so importing this module (tests, tools) loads no model.
+    if name == "app":
+        globals()["app"] = create_app()
+        return globals()["app"]
+    raise AttributeError(name)

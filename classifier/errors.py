@@ -1,0 +1,46 @@
+"""Errors a caller can act on, each with the HTTP status the web layer answers with.
+
+The status lives here rather than in the views so that one table decides how every
+kind of bad input is reported, whether it arrives over HTTP or through the CLI.
+"""
+
+
+class InputError(Exception):
+    """Bad input from the caller; never a fault of the service."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class MissingFile(InputError):
+    code = "missing_file"
+
+
+class EmptyInput(InputError):
+    code = "empty_file"
+
+
+class NotAnImage(InputError):
+    code = "not_an_image"
+
+
+class UnsupportedImageType(InputError):
+    status = 415
+    code = "unsupported_type"
+
+
+class ImageTooLarge(InputError):
+    status = 413
+    code = "image_too_large"
+
+
+class InvalidParameter(InputError):
+    code = "invalid_parameter"
+
+
+class ModelContractError(Exception):
+    """A model file that does not meet the contract in BRIEF.md ("The model file")."""

@@ -1,0 +1,65 @@
+"""Write a trained network as a model file under the contract: the one way to export.
+
+The notebook, the stand-in script and the tests all call ``export_model``, so every model
+file the service sees was built the same way. (No `from __future__ import annotations`
+here: TorchScript reads the real `List[str]` annotation.)
+"""
+
+import json
+from pathlib import Path
+from typing import List, Sequence, Union
+
+import torch
+from torch import nn
+
+from .images import INPUT_SIZE
+from .model import META_FILE
+
+
+class ServedModel(nn.Module):
+    """Wraps a network with its input normalisation and its class names.
+
+    Normalisation lives inside the file so that any client, the reference app included,
+    only has to scale pixels to [0, 1].
+    """
+
+    labels: List[str]
+
+    def __init__(self, network: nn.Module, labels: Sequence[str], mean, std):
+        super().__init__()
+        self.network = network
+        self.labels = list(labels)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network((x - self.mean) / self.std)
+
+
+# EfficientNet-Lite expects (x*255 - 127) / 128, i.e. mean 127/255 and std 128/255.
+EFFICIENTNET_LITE_MEAN = (127.0 / 255,) * 3
+EFFICIENTNET_LITE_STD = (128.0 / 255,) * 3
+
+
+def export_model(
+    network: nn.Module,
+    labels: Sequence[str],
+    meta: dict,
+    path: Union[str, Path],
+    mean=EFFICIENTNET_LITE_MEAN,
+    std=EFFICIENTNET_LITE_STD,
+) -> Path:
+    """Trace, freeze and save ``network`` with normalisation, labels and meta.json."""
+    path = Path(path)
+    # Trace the network (any Python it has is fine) and script the wrapper around it:
+    # tracing alone would drop `labels`, which is not a tensor.
+    example = torch.rand(2, 3, *INPUT_SIZE)
+    with torch.no_grad():
+        traced = torch.jit.trace(network.eval(), example)
+    wrapped = torch.jit.script(ServedModel(traced, labels, mean, std).eval())
+    # Freezing inlines weights as constants for speed; `labels` must be kept by name.
+    frozen = torch.jit.freeze(wrapped, preserved_attrs=["labels"])
+    full_meta = {"classes": len(labels), "input_size": list(INPUT_SIZE), **meta}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(frozen, str(path), _extra_files={META_FILE: json.dumps(full_meta, indent=2)})
+    return path

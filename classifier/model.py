@@ -1,0 +1,132 @@
+"""Load a TorchScript model file and check it against the contract in BRIEF.md.
+
+Loading runs code from the file (TorchScript is a program), so only trusted files from
+disk are ever loaded; nothing here accepts a model over the network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ModelContractError
+from .images import INPUT_SIZE
+
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checked, warmed-up model and what it says about itself."""
+
+    module: torch.jit.ScriptModule
+    labels: tuple[str, ...]
+    meta: dict = field(default_factory=dict)
+    path: str = ""
+    load_seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", Path(self.path).stem or "model"))
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", "unknown"))
+
+    def describe(self) -> dict:
+        """Metadata for people and for /model: the file's meta.json plus what was checked."""
+        return {
+            **self.meta,
+            "name": self.name,
+            "version": self.version,
+            "labels": list(self.labels),
+            "num_classes": len(self.labels),
+            "input_size": list(INPUT_SIZE),
+        }
+
+
+def load_model(path: str | Path, warmup_runs: int = 3) -> LoadedModel:
+    """Load, check and warm up a model file; raise ``ModelContractError`` if it is unfit."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelContractError(f"Model file not found: {path}")
+    started = time.perf_counter()
+    extra_files = {META_FILE: ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
+    except Exception as exc:  # torch raises RuntimeError, ValueError or zipfile errors
+        raise ModelContractError(f"{path} is not a TorchScript file: {exc}") from exc
+    module.eval()
+    labels = _read_labels(module, path)
+    meta = _read_meta(extra_files[META_FILE], path)
+    _check_forward(module, labels, path, runs=max(1, warmup_runs))
+    return LoadedModel(
+        module=module,
+        labels=labels,
+        meta=meta,
+        path=str(path),
+        load_seconds=time.perf_counter() - started,
+    )
+
+
+def _read_labels(module, path: Path) -> tuple[str, ...]:
+    labels = getattr(module, "labels", None)
+    if labels is None:
+        raise ModelContractError(
+            f"{path} has no 'labels' attribute. Export with preserved_attrs=['labels'] "
+            "when freezing (see classifier.export)."
+        )
+    labels = tuple(labels)
+    if not labels or not all(isinstance(label, str) and label for label in labels):
+        raise ModelContractError(f"{path}: 'labels' must be a non-empty list of strings.")
+    if len(set(labels)) != len(labels):
+        raise ModelContractError(f"{path}: 'labels' has duplicates.")
+    return labels
+
+
+def _read_meta(raw, path: Path) -> dict:
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelContractError(f"{path}: {META_FILE} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ModelContractError(f"{path}: {META_FILE} must hold a JSON object.")
+    return meta
+
+
+def _check_forward(module, labels, path: Path, runs: int) -> None:
+    """Run a smoke batch: shapes match the labels and the outputs are finite.
+
+    The same runs warm the model up, since the first TorchScript calls are slow.
+    """
+    smoke = torch.linspace(0, 1, 2 * 3 * INPUT_SIZE[0] * INPUT_SIZE[1]).reshape(
+        2, 3, *INPUT_SIZE
+    )
+    with torch.inference_mode():
+        for _ in range(runs):
+            try:
+                logits = module(smoke[:1])
+                logits = module(smoke)
+            except Exception as exc:
+                raise ModelContractError(
+                    f"{path}: forward() failed on an N×3×{INPUT_SIZE[0]}×{INPUT_SIZE[1]} "
+                    f"batch: {exc}"
+                ) from exc
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, len(labels)):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+        raise ModelContractError(
+            f"{path}: forward() returned {shape}, expected (N, {len(labels)}) "
+            f"for {len(labels)} labels."
+        )
+    probabilities = torch.softmax(logits.float(), dim=1)
+    if not torch.isfinite(probabilities).all() or not all(
+        math.isclose(float(total), 1.0, abs_tol=1e-3) for total in probabilities.sum(dim=1)
+    ):
+        raise ModelContractError(f"{path}: forward() gives non-finite probabilities.")

@@ -1,0 +1,23 @@
+"""gunicorn settings; every one can be overridden from the environment or the command line.
+
+The model is loaded in each worker after it forks (no preload_app): torch's thread pools
+do not survive fork, and a preloaded torch can hang the workers.
+"""
+
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Tell the app how many workers share the cores, so it sizes torch's thread pool to fit.
+raw_env = [f"WEB_CONCURRENCY={workers}"]
+worker_class = "sync"
+preload_app = False
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+graceful_timeout = 30
+keepalive = 5
+# Recycle workers now and then so that slow leaks in native libraries stay bounded.
+max_requests = int(os.environ.get("MAX_REQUESTS", "5000"))
+max_requests_jitter = max_requests // 10
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info")

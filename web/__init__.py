@@ -1,0 +1,1 @@
+"""The Flask layer: blueprints and error handlers that call into ``classifier``."""

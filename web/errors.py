@@ -1,0 +1,53 @@
+"""Every error leaves as JSON: {"error": {"code": ..., "message": ...}}."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from classifier.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# Messages a person can act on, for the errors Werkzeug raises before our views run.
+_HTTP_MESSAGES = {
+    404: "No such route. The API has POST /predict, GET /health and GET /model.",
+    405: "This route does not accept that method.",
+    413: "The upload is larger than the limit of {limit}. Send a smaller file.",
+}
+
+
+def error_response(status: int, code: str, message: str):
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(InputError)
+    def input_error(error: InputError):
+        return error_response(error.status, error.code, error.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        template = _HTTP_MESSAGES.get(error.code, error.description or error.name)
+        limit = app.config.get("MAX_CONTENT_LENGTH") or 0
+        message = template.format(limit=f"{limit / (1024 * 1024):g} MB")
+        response = error_response(error.code or 500, _code_for(error), message)
+        if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "The server failed; the error is logged.")
+
+
+def _code_for(error: HTTPException) -> str:
+    names = {413: "payload_too_large"}
+    if error.code in names:
+        return names[error.code]
+    return (error.name or "error").lower().replace(" ", "_").replace("'", "")

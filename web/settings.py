@@ -1,0 +1,44 @@
+"""Configuration: defaults in one place, overridden by the environment, checked at start-up."""
+
+from __future__ import annotations
+
+import os
+
+from classifier.images import DEFAULT_MAX_PIXELS
+
+MEGABYTE = 1024 * 1024
+
+
+def default_torch_threads() -> int:
+    """Split the cores between gunicorn's workers so they do not fight over them."""
+    workers = _int_env("WEB_CONCURRENCY", 1)
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, not {raw!r}") from None
+
+
+def settings_from_env() -> dict:
+    """Flask config keys read from environment variables of the same name."""
+    return {
+        "MODEL_PATH": os.environ.get("MODEL_PATH", "model.zip"),
+        "MAX_CONTENT_LENGTH": _int_env("MAX_UPLOAD_MB", 20) * MEGABYTE,
+        "MAX_IMAGE_PIXELS": _int_env("MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS),
+        "TORCH_THREADS": _int_env("TORCH_THREADS", default_torch_threads()),
+        "CORS_ORIGINS": os.environ.get("CORS_ORIGINS", "*"),
+        "LOAD_MODEL": os.environ.get("LOAD_MODEL", "1") not in ("0", "false", "no"),
+    }
+
+
+def check_settings(config) -> None:
+    """Fail at start-up, not on the first request, when a setting cannot work."""
+    for key in ("MAX_CONTENT_LENGTH", "MAX_IMAGE_PIXELS", "TORCH_THREADS"):
+        if int(config[key]) < 1:
+            raise ValueError(f"{key} must be at least 1, got {config[key]!r}")
