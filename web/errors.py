@@ -33,8 +33,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
         template = _HTTP_MESSAGES.get(error.code, error.description or error.name)
-        limit = app.config.get("MAX_CONTENT_LENGTH") or 0
-        message = template.format(limit=f"{limit / (1024 * 1024):g} MB")
+        message = template.format(limit=human_size(app.config.get("MAX_CONTENT_LENGTH") or 0))
         response = error_response(error.code or 500, _code_for(error), message)
         if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)
@@ -44,6 +43,14 @@ def register_error_handlers(app: Flask) -> None:
     def unexpected_error(error: Exception):
         log.exception("unhandled error")
         return error_response(500, "internal_error", "The server failed; the error is logged.")
+
+
+def human_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 1024 * 1024:
+        return f"{size / 1024:g} KB"
+    return f"{size / (1024 * 1024):g} MB"
 
 
 def _code_for(error: HTTPException) -> str:

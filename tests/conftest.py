@@ -1,0 +1,78 @@
+"""Fixtures shared by the tests: a tiny model file, apps built from it, and images."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from app import create_app
+from classifier.export import export_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("SHARED_DATA_DIR", ROOT.parent / "shared" / "data"))
+TINY_LABELS = ["red", "green", "blue"]
+
+
+def colour_network() -> nn.Module:
+    """Scores each class by how much of its colour channel the image holds.
+
+    Predictions are known in advance (a red image is "red"), so tests can check answers.
+    """
+    linear = nn.Linear(3, 3)
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(3) * 20.0)
+        linear.bias.zero_()
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), linear)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "tiny.zip"
+    meta = {"name": "tiny-colours", "version": "0.0.1", "dataset": "synthetic"}
+    return export_model(colour_network(), TINY_LABELS, meta, path, mean=(0, 0, 0), std=(1, 1, 1))
+
+
+@pytest.fixture
+def app(tiny_model_path):
+    return create_app({"TESTING": True, "MODEL_PATH": str(tiny_model_path), "TORCH_THREADS": 1})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+def image_bytes(fmt: str = "PNG", mode: str = "RGB", size=(64, 48), colour=(255, 0, 0), **save):
+    """An image of one colour, encoded in ``fmt``."""
+    image = Image.new(mode, size, colour)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "ucmerced").is_dir():
+        pytest.fail(f"The shared data set is missing at {DATA_DIR}; set SHARED_DATA_DIR.")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def dataset_jpeg(data_dir) -> Path:
+    return data_dir / "ucmerced" / "airplane" / "airplane00.jpg"
+
+
+@pytest.fixture(scope="session")
+def dataset_tiff(data_dir) -> Path:
+    return data_dir / "ucmerced-tif" / "beach00.tif"

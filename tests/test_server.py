@@ -1,0 +1,47 @@
+"""The real thing: the Procfile's web command (gunicorn, two workers) on a loopback port."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from .servers import post_multipart, procfile_server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "gunicorn.log"
+    with procfile_server(log_path=log) as (url, process):
+        yield url, process, log
+
+
+def test_procfile_server_classifies_a_data_set_image(server, dataset_jpeg):
+    url, _, _ = server
+    status, body = post_multipart(f"{url}/predict", "file", dataset_jpeg.name, dataset_jpeg.read_bytes())
+    assert status == 200, body
+    answer = json.loads(body)
+    assert answer["label"] == "airplane"
+    assert answer["top"][0] == {"label": answer["label"], "score": answer["score"]}
+
+
+def test_procfile_server_answers_curl_and_errors_as_json(server, dataset_tiff):
+    url, _, _ = server
+    raw = subprocess.run(
+        ["curl", "-s", "-X", "POST", "--data-binary", f"@{dataset_tiff}", "-H", "Content-Type: image/tiff", f"{url}/predict"],
+        capture_output=True, check=True,
+    )
+    assert json.loads(raw.stdout)["label"] == "beach"
+    status, body = post_multipart(f"{url}/predict", "file", "notes.jpg", b"plain text, not an image" * 10)
+    assert status == 400 and json.loads(body)["error"]["code"] == "not_an_image"
+
+
+def test_procfile_server_runs_two_workers_that_loaded_after_fork(server):
+    _, process, log = server
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 2
+    text = log.read_text()
+    assert text.count("loaded in") >= 2  # each worker loads its own model, after fork
