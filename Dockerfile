@@ -1,0 +1,32 @@
+# The service as a container, for platforms that build images (Fly.io, Render, Cloud Run,
+# Kubernetes, ...). Same Python as runtime.txt, same requirements.txt (CPU-only torch), and
+# it runs the Procfile's web command, so the container serves what a git push serves.
+FROM python:3.11.7-slim-bookworm
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PORT=8000
+
+# The server runs as an unprivileged user that cannot change the code or the model.
+RUN groupadd --gid 10001 app \
+    && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin app
+
+WORKDIR /app
+
+# Requirements first: this layer is rebuilt only when requirements.txt changes.
+COPY requirements.txt ./
+RUN pip install --no-cache-dir -r requirements.txt
+
+COPY . .
+
+USER 10001:10001
+EXPOSE 8000
+
+# /health answers 200 once the workers have loaded the model; the image has no curl.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=4)"]
+
+# The Procfile's web command, with PORT from the platform (8000 by default).
+CMD ["/bin/sh", "-c", "eval \"exec $(sed -n 's/^web: *//p' Procfile)\""]
