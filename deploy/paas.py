@@ -129,7 +129,7 @@ def receive(platform: Platform, ref_lines) -> int:
             say("The previous release keeps serving.")
             return 1
     say(
-        f"Released {record['release']} at {record['url']} "
+        f"Released {record['release']} at {record['url']} in {record['deploy_seconds']:.0f} s "
         f"(build {record['build_seconds']:.0f} s; slug {record['slug_bytes'] / MEGABYTE:.0f} MB, "
         f"{record['slug_gzip_bytes'] / MEGABYTE:.0f} MB compressed)",
         step=True,
@@ -164,6 +164,7 @@ def deploy(platform: Platform, commit: str) -> dict:
         raise
     previous = platform.current()
     record["status"] = "live"
+    record["deploy_seconds"] = round(time.monotonic() - started, 1)  # push to serving
     _write_json(platform.releases / f"{name}.json", record)
     _write_json(platform.current_file, record)
     if previous:
