@@ -7,13 +7,18 @@ PORT ?= 8000
 PIP_RETRIES ?= 0
 PIP = $(VENV)/bin/pip install --retries $(PIP_RETRIES) --disable-pip-version-check
 
-.PHONY: run test install install-dev
+.PHONY: run test test-deploy install install-dev
 
 run: $(VENV)/.run-installed
 	PORT=$(PORT) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sh -c "$$(sed -n 's/^web: //p' Procfile)"
 
 test: $(VENV)/.dev-installed
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The git-push deploy test builds a whole release from scratch (several minutes), so it has
+# its own command; CI runs both.
+test-deploy: $(VENV)/.dev-installed
+	$(VENV)/bin/python -m pytest -m deploy $(PYTEST_ARGS)
 
 install: $(VENV)/.run-installed
 install-dev: $(VENV)/.dev-installed

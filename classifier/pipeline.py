@@ -75,21 +75,21 @@ class Classifier:
             logits = self.model.module(batch)
         return torch.softmax(logits.float(), dim=1)
 
-    def encode(self, probabilities: torch.Tensor, top_k: int) -> Prediction:
-        scores, indices = torch.topk(probabilities, k=top_k)
+    def encode(self, probabilities: torch.Tensor, top_k: int | None = None) -> Prediction:
+        scores, indices = torch.topk(probabilities, k=top_k or self.parse_top_k(None))
         return Prediction(
             top=tuple(
                 (self.labels[int(i)], round(float(s), 6)) for s, i in zip(scores, indices)
             )
         )
 
-    def classify(self, data: bytes, top_k: int = DEFAULT_TOP_K) -> Prediction:
+    def classify(self, data: bytes, top_k: int | None = None) -> Prediction:
         """Bytes of one image in, its prediction out; raises ``InputError`` on bad input."""
         probabilities = self.predict([self.decode(data)])
         return self.encode(probabilities[0], top_k)
 
     def classify_many(
-        self, items: Sequence[bytes], top_k: int = DEFAULT_TOP_K
+        self, items: Sequence[bytes], top_k: int | None = None
     ) -> list[Prediction | InputError]:
         """Classify several images in one forward pass; a bad item yields its error in place."""
         results: list[Prediction | InputError | None] = [None] * len(items)

@@ -178,7 +178,7 @@ def save_report(name: str, record: dict) -> None:
     print(f"{name}: {report[name]}")
 
 
-@pytest.mark.slow
+@pytest.mark.deploy
 def test_a_push_builds_a_slug_within_the_limit_and_serves_predictions(deployed, dataset_jpeg):
     root, source, log = deployed
     release = current_release(root)
@@ -206,7 +206,7 @@ def test_a_push_builds_a_slug_within_the_limit_and_serves_predictions(deployed, 
     assert served["score"] == pytest.approx(expected["score"], abs=1e-4)
 
 
-@pytest.mark.slow
+@pytest.mark.deploy
 def test_the_dockerfile_healthcheck_command_passes_against_the_release(deployed):
     root, _, log = deployed
     release = current_release(root)
@@ -229,7 +229,7 @@ def docker_healthcheck_command() -> list[str]:
     raise AssertionError("the Dockerfile has no HEALTHCHECK")
 
 
-@pytest.mark.slow
+@pytest.mark.deploy
 def test_a_second_push_with_a_new_model_serves_it_and_retires_the_old_release(deployed):
     root, source, _ = deployed
     first = current_release(root)

@@ -28,6 +28,10 @@ def test_classify_gives_the_expected_label(classifier, colour, label):
     assert sum(scores) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_default_top_k_fits_a_model_with_few_classes(classifier):
+    assert len(classifier.classify(image_bytes()).top) == len(TINY_LABELS)
+
+
 def test_top_k_limits_the_list(classifier):
     assert len(classifier.classify(image_bytes(), top_k=1).top) == 1
 
