@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 
 import pytest
 
@@ -43,5 +45,9 @@ def test_procfile_server_runs_two_workers_that_loaded_after_fork(server):
     _, process, log = server
     children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
     assert len(children) == 2
-    text = log.read_text()
-    assert text.count("loaded in") >= 2  # each worker loads its own model, after fork
+    # /health turns 200 as soon as one worker is ready; give the other a moment to log.
+    deadline = time.monotonic() + 30
+    while log.read_text().count("loaded in") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    loaded_by = set(re.findall(r"\[(\d+)\] \[INFO\] app: model .* loaded in", log.read_text()))
+    assert len(loaded_by) == 2, log.read_text()  # each worker loads its own model, after fork
