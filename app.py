@@ -7,12 +7,15 @@ the model is loaded here, in each gunicorn worker after it forks, never in the m
 from __future__ import annotations
 
 import logging
+import os
+import threading
 
 from flask import Flask
 from flask_cors import CORS
 
 from classifier.pipeline import Classifier
 from web.api import EXTENSION_KEY, api
+from web.cli import register_commands
 from web.errors import register_error_handlers
 from web.settings import check_settings, settings_from_env
 
@@ -27,9 +30,12 @@ def create_app(config: dict | None = None) -> Flask:
     CORS(app, origins=_origins(app.config["CORS_ORIGINS"]))
     register_error_handlers(app)
     app.register_blueprint(api)
+    register_commands(app)
 
     if app.config["LOAD_MODEL"]:
         load_classifier(app)
+    elif app.config.get("LOAD_MODEL_ON_FIRST_REQUEST"):
+        _load_on_first_request(app)
     return app
 
 
@@ -52,6 +58,16 @@ def load_classifier(app: Flask) -> Classifier:
     return classifier
 
 
+def _load_on_first_request(app: Flask) -> None:
+    lock = threading.Lock()
+
+    @app.before_request
+    def load_once():
+        with lock:
+            if EXTENSION_KEY not in app.extensions:
+                load_classifier(app)
+
+
 def _origins(raw: str):
     origins = [origin.strip() for origin in raw.split(",") if origin.strip()]
     return "*" if origins in ([], ["*"]) else origins
@@ -61,6 +77,15 @@ def __getattr__(name: str):
     # `gunicorn app:app` and `flask --app app` look up `app` here: build it on first use,
     # so importing this module (tests, tools) loads no model.
     if name == "app":
-        globals()["app"] = create_app()
+        globals()["app"] = create_app(_command_line_config())
         return globals()["app"]
     raise AttributeError(name)
+
+
+def _command_line_config() -> dict | None:
+    # `flask --app app <command>` builds the app too (Flask sets FLASK_RUN_FROM_CLI). Its
+    # model commands must work while the served file is broken, which is exactly when
+    # swap-model is needed, so there the model loads on the first request (`flask run`).
+    if os.environ.get("FLASK_RUN_FROM_CLI") == "true":
+        return {"LOAD_MODEL": False, "LOAD_MODEL_ON_FIRST_REQUEST": True}
+    return None
