@@ -13,14 +13,18 @@ log = logging.getLogger(__name__)
 
 # Messages a person can act on, for the errors Werkzeug raises before our views run.
 _HTTP_MESSAGES = {
-    404: "No such route. The API has POST /predict, GET /health and GET /model.",
+    404: "No such route. GET /openapi.json lists the routes of this API.",
     405: "This route does not accept that method.",
     413: "The upload is larger than the limit of {limit}. Send a smaller file.",
 }
 
 
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
 def error_response(status: int, code: str, message: str):
-    response = jsonify({"error": {"code": code, "message": message}})
+    response = jsonify(error_body(code, message))
     response.status_code = status
     return response
 
@@ -29,6 +33,17 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(InputError)
     def input_error(error: InputError):
         return error_response(error.status, error.code, error.message)
+
+    @app.errorhandler(TimeoutError)
+    def request_timeout(error: TimeoutError):
+        # The only sockets a request touches are the client's: it stopped sending its body
+        # before the deadline that web/worker.py sets (gunicorn's timeout would kill the
+        # worker instead, and answer 500).
+        return error_response(
+            408,
+            "request_timeout",
+            "The request did not arrive in time. Send the whole body without pausing.",
+        )
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
