@@ -50,7 +50,10 @@ def install_model(
     try:
         shutil.copyfile(candidate, staged)
         _flush_to_disk(staged)
-        model = check_model_file(staged, max_pixels=max_pixels).model
+        try:
+            model = check_model_file(staged, max_pixels=max_pixels).model
+        except ModelContractError as error:  # name the file the caller gave, not the copy
+            raise ModelContractError(str(error).replace(str(staged), str(candidate))) from error
         os.replace(staged, served)
         _flush_to_disk(served.parent)
     finally:

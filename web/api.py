@@ -6,6 +6,7 @@ Views only read, call, reply.
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from classifier.errors import (
     EmptyInput,
@@ -106,6 +107,10 @@ def read_upload() -> bytes:
         return data
     if content_type.startswith(_RAW_BODY_TYPES):
         data = request.get_data(cache=False)
+        if request.content_length is None and len(data) >= (request.max_content_length or len(data) + 1):
+            # A streamed (chunked) body has no length to check up front, and Werkzeug stops
+            # reading it at the limit: one that reached the limit is too large, not cut.
+            raise RequestEntityTooLarge()
         if not data:
             raise EmptyInput("The request body is empty. Send the image's bytes.")
         return data
