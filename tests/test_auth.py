@@ -25,7 +25,11 @@ def predict(client, headers=None, path="/predict"):
     return client.post(path, data={"file": (io.BytesIO(RED), "red.png")}, content_type="multipart/form-data", headers=headers or {})
 
 
-@pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {KEY}"}, {"Authorization": f"bearer {KEY}"}, {"X-API-Key": KEY}])
+@pytest.mark.parametrize(
+    "headers",
+    [{"Authorization": f"Bearer {KEY}"}, {"Authorization": f"bearer {KEY}"}, {"X-API-Key": KEY},
+     {"Authorization": f"Bearer {KEY}", "X-API-Key": KEY}],
+)
 @pytest.mark.parametrize("path", ["/predict", "/predict/batch"])
 def test_the_key_in_either_header_is_accepted(keyed_client, headers, path):
     response = predict(keyed_client, headers, path)
@@ -41,6 +45,9 @@ def test_the_key_in_either_header_is_accepted(keyed_client, headers, path):
         {"Authorization": f"Bearer {KEY[:-1]}"},
         {"X-API-Key": KEY + "x"},
         {"X-API-Key": ""},
+        {"Authorization": "Bearer wrong-key-0123456789", "X-API-Key": KEY},
+        {"Authorization": f"Bearer {KEY}", "X-API-Key": "wrong-key-0123456789"},
+        {"Authorization": "Basic dXNlcjpwYXNz", "X-API-Key": KEY},
     ],
 )
 @pytest.mark.parametrize("path", ["/predict", "/predict/batch"])

@@ -16,7 +16,7 @@ def api_key_required(view):
     @wraps(view)
     def guarded(*args, **kwargs):
         expected = current_app.config.get("API_KEY") or ""
-        if expected and not _matches(presented_key(), expected):
+        if expected and not _all_match(presented_keys(), expected):
             response = error_response(
                 401,
                 "unauthorized",
@@ -29,12 +29,23 @@ def api_key_required(view):
     return guarded
 
 
-def presented_key() -> str:
-    """The key from ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; empty if none."""
-    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return request.headers.get("X-API-Key", "").strip()
+def presented_keys() -> list[str]:
+    """Every credential the request carries: ``Authorization: Bearer <key>``, ``X-API-Key``.
+
+    An Authorization header of another scheme counts as a wrong key, not as no key.
+    """
+    keys = []
+    if "Authorization" in request.headers:
+        scheme, _, credentials = request.headers["Authorization"].partition(" ")
+        keys.append(credentials.strip() if scheme.lower() == "bearer" else "")
+    if "X-API-Key" in request.headers:
+        keys.append(request.headers["X-API-Key"].strip())
+    return keys
+
+
+def _all_match(presented: list[str], expected: str) -> bool:
+    # A wrong key is never overlooked because a right one came along in the other header.
+    return bool(presented) and all(_matches(key, expected) for key in presented)
 
 
 def _matches(presented: str, expected: str) -> bool:
