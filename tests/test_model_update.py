@@ -166,3 +166,13 @@ def test_the_flask_command_works_while_the_served_file_is_broken(tiny_model_path
     assert "ok:" in ok.stdout
     refused = subprocess.run([*flask, "check-model", str(corrupt_model_path)], cwd=ROOT, env=environment, capture_output=True, text=True)
     assert refused.returncode == 1 and "refused" in refused.stderr
+
+
+def test_an_app_built_for_the_command_line_loads_the_model_on_its_first_request(tiny_model_path):
+    # What `flask --app app run` gets: commands start without the model, a request loads it.
+    from app import create_app
+
+    app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_model_path), "LOAD_MODEL": False, "LOAD_MODEL_ON_FIRST_REQUEST": True})
+    assert "classifier" not in app.extensions
+    assert app.test_client().get("/health").get_json()["version"] == "0.0.1"
+    assert "classifier" in app.extensions
