@@ -14,6 +14,7 @@ from flask_cors import CORS
 from classifier.pipeline import Classifier
 from web.api import EXTENSION_KEY, api
 from web.errors import register_error_handlers
+from web.pages import pages
 from web.settings import check_settings, settings_from_env
 
 
@@ -27,6 +28,7 @@ def create_app(config: dict | None = None) -> Flask:
     CORS(app, origins=_origins(app.config["CORS_ORIGINS"]))
     register_error_handlers(app)
     app.register_blueprint(api)
+    app.register_blueprint(pages)
 
     if app.config["LOAD_MODEL"]:
         load_classifier(app)

@@ -33,6 +33,8 @@ def settings_from_env() -> dict:
         "MAX_IMAGE_PIXELS": _int_env("MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS),
         "TORCH_THREADS": _int_env("TORCH_THREADS", default_torch_threads()),
         "CORS_ORIGINS": os.environ.get("CORS_ORIGINS", "*"),
+        # Where the page at / sends images; empty means its own origin.
+        "API_BASE": os.environ.get("API_BASE", "").strip().rstrip("/"),
         "LOAD_MODEL": os.environ.get("LOAD_MODEL", "1") not in ("0", "false", "no"),
     }
 
