@@ -17,6 +17,7 @@ from classifier.pipeline import Classifier
 from web.api import EXTENSION_KEY, api
 from web.cli import register_commands
 from web.errors import register_error_handlers
+from web.pages import pages
 from web.settings import check_settings, settings_from_env
 
 
@@ -30,6 +31,7 @@ def create_app(config: dict | None = None) -> Flask:
     CORS(app, origins=_origins(app.config["CORS_ORIGINS"]))
     register_error_handlers(app)
     app.register_blueprint(api)
+    app.register_blueprint(pages)
     register_commands(app)
 
     if app.config["LOAD_MODEL"]:

@@ -38,6 +38,8 @@ def settings_from_env() -> dict:
         "CORS_ORIGINS": os.environ.get("CORS_ORIGINS", "*"),
         # Empty: /predict is open. Set: /predict* need it (web/auth.py).
         "API_KEY": os.environ.get("API_KEY", "").strip(),
+        # Where the page at / sends images; empty means its own origin.
+        "API_BASE": os.environ.get("API_BASE", "").strip().rstrip("/"),
         "LOAD_MODEL": os.environ.get("LOAD_MODEL", "1") not in ("0", "false", "no"),
     }
 
