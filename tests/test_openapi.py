@@ -10,6 +10,7 @@ it also checks that a request without the key is refused.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +99,7 @@ def test_schemathesis_finds_no_failure(tmp_path, tiny_model_path, api_key):
     if api_key:
         env["API_KEY"] = api_key
     report_dir = ROOT / "test-results" / f"schemathesis-{'with-api-key' if api_key else 'open'}"
+    shutil.rmtree(report_dir, ignore_errors=True)  # only this run's report
     with procfile_server(env=env, log_path=tmp_path / "gunicorn.log") as (url, _):
         operations = documented_operations(send(url, "GET", "/openapi.json")[1])
         result = run_schemathesis(url, report_dir, cwd=tmp_path, headers=[f"X-API-Key: {api_key}"] if api_key else [])
