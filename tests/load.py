@@ -149,3 +149,12 @@ def memory_mb(pid: int) -> dict[str, float]:
     rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
     pss_kb = int(next(line.split()[1] for line in rollup.splitlines() if line.startswith("Pss:")))
     return {"rss_mb": round(rss_kb / 1024, 1), "pss_mb": round(pss_kb / 1024, 1)}
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 180, what: str = "the condition") -> None:
+    """Poll ``condition``; fail the test rather than hang if it never holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:.0f}s")
+        time.sleep(0.05)

@@ -81,28 +81,44 @@ class SlowClient(threading.Thread):
             self.answer = read_response(sock)
 
 
-def test_slow_clients_hold_no_worker_past_the_deadline_and_others_are_served(server):
+PREDICT_HEAD = (
+    "POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
+    f"Content-Length: {len(RED)}\r\n\r\n"
+).encode()
+
+
+def test_a_slow_client_holds_one_worker_and_the_other_serves_meanwhile(server):
     url = server[0]
-    head = (
-        "POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
-        f"Content-Length: {len(RED)}\r\n\r\n"
-    ).encode()
-    slow_headers = SlowClient(url, b"", head + RED)
-    slow_body = SlowClient(url, head, RED)
+    slow = SlowClient(url, PREDICT_HEAD, RED)
+    slow.start()
+    time.sleep(1)
+    # The slow client needs 4 s before its deadline; meanwhile the other worker answers.
+    for _ in range(3):
+        status, body = send(url, "POST", "/predict", RED, {"Content-Type": "image/png"})
+        assert status == 200 and body["label"] == "red"
+    assert slow.is_alive(), "the slow client was cut off before the others were served"
+    slow.join(60)
+    assert not slow.finished_sending
+    assert slow.answer.startswith(b"HTTP/1.1 408"), slow.answer[:200]
+    assert b'"code":"request_timeout"' in slow.answer
+    assert_unharmed(server)
+
+
+def test_slow_clients_on_every_worker_are_cut_at_the_deadline_and_others_then_served(server):
+    url = server[0]
+    slow_headers = SlowClient(url, b"", PREDICT_HEAD + RED)
+    slow_body = SlowClient(url, PREDICT_HEAD, RED)
     slow_headers.start()
     slow_body.start()
     time.sleep(1)
-    # Each worker is held by a slow client; a normal client is still answered (at the
-    # latest when the deadline frees a worker), while the slow clients are still sending.
+    # Both workers are held; a normal client waits in the queue until a deadline frees one.
     assert [send(url, "GET", "/health")[0] for _ in range(3)] == [200, 200, 200]
-    assert slow_headers.is_alive() and slow_body.is_alive()
     slow_headers.join(60)
     slow_body.join(60)
     assert not slow_headers.finished_sending and not slow_body.finished_sending
     # Stalled headers: the connection is closed without an answer; a stalled body: 408.
     assert slow_headers.answer == b""
     assert slow_body.answer.startswith(b"HTTP/1.1 408"), slow_body.answer[:200]
-    assert b'"code":"request_timeout"' in slow_body.answer
     assert_unharmed(server)
 
 

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from .conftest import ROOT, image_bytes
-from .load import Load, multipart, send, wait_for_workers, worker_pids
+from .load import Load, multipart, send, wait_for_workers, wait_until, worker_pids
 from .servers import procfile_server
 
 pytestmark = pytest.mark.slow
@@ -72,15 +72,16 @@ def test_swap_under_load_loses_no_request_and_refuses_bad_files(
     with procfile_server(env={"MODEL_PATH": str(served)}, log_path=log) as (url, master):
         old_workers = wait_for_workers(master.pid, 2)
         with Load(mixed_requests(url), threads=4) as load:
-            while load.count() < 60:  # traffic is flowing before the swap
-                time.sleep(0.05)
+            wait_until(lambda: load.count() >= 60, what="traffic before the swap")
             swapped = swap_model(tiny_model_v2_path, served, master.pid)
             signalled_at = time.monotonic()
             assert swapped.returncode == 0, swapped.stderr
             new_workers = wait_for_workers(master.pid, 2, exclude=old_workers)
             reloaded_at = time.monotonic()
-            while load.count() < 60 + 300 or not served_versions(load, reloaded_at):
-                time.sleep(0.05)
+            wait_until(
+                lambda: load.count() >= 60 + 300 and served_versions(load, reloaded_at),
+                what="traffic served by the new workers",
+            )
         during_reload = [o for o in load.outcomes if o.finished > signalled_at and o.started < reloaded_at]
         report["swap"] = {
             "requests": len(load.outcomes),

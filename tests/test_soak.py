@@ -20,7 +20,7 @@ import time
 import pytest
 
 from .conftest import ROOT, image_bytes
-from .load import Load, memory_mb, multipart, send, wait_for_workers, worker_pids
+from .load import Load, memory_mb, multipart, send, wait_for_workers, wait_until, worker_pids
 from .servers import procfile_server
 
 pytestmark = pytest.mark.slow
@@ -123,15 +123,13 @@ def test_kill_9_of_a_worker_loses_only_its_request_in_flight(tmp_path, tiny_mode
         workers = wait_for_workers(master.pid, 2)
         victim = min(workers)
         with Load(mixed_traffic(url, data_dir), threads=4) as load:
-            while load.count() < 200:
-                time.sleep(0.02)
+            wait_until(lambda: load.count() >= 200, what="traffic before the kill")
             killed_at = time.monotonic()
             os.kill(victim, signal.SIGKILL)
             replacement = wait_for_workers(master.pid, 2, exclude={victim}) - workers
             replaced_at = time.monotonic()
             answered_before = load.count()
-            while load.count() < answered_before + 300:
-                time.sleep(0.02)
+            wait_until(lambda: load.count() >= answered_before + 300, what="traffic after the replacement")
         status, body = send(url, "POST", "/predict", image_bytes("PNG", colour=(255, 0, 0)), {"Content-Type": "image/png"})
         assert status == 200 and body["label"] == "red"
 
