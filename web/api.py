@@ -107,7 +107,8 @@ def read_upload() -> bytes:
         return data
     if content_type.startswith(_RAW_BODY_TYPES):
         data = request.get_data(cache=False)
-        if request.content_length is None and len(data) >= (request.max_content_length or len(data) + 1):
+        limit = request.max_content_length
+        if request.content_length is None and limit is not None and len(data) >= limit:
             # A streamed (chunked) body has no length to check up front, and Werkzeug stops
             # reading it at the limit: one that reached the limit is too large, not cut.
             raise RequestEntityTooLarge()
