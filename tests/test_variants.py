@@ -117,12 +117,14 @@ def test_variant_paths_sit_beside_the_model():
 # --- The rule that picks the variant to serve, on made-up figures ---------------------------
 
 
-def row(name, runtime, served, accuracy, agree, b1, b8, size=4_000_000) -> Measured:
+def row(name, runtime, served, accuracy, agree, b1, b8, size=4_000_000, max_dp=0.1, changed=(0, 0)) -> Measured:
     return Measured(
         Variant(name, Path(f"{name}.bin"), runtime, served),
         size,
-        Agreement(images=256, top1_agreement=agree, max_probability_difference=0.1, accuracy=accuracy),
+        Agreement(images=256, top1_agreement=agree, max_probability_difference=max_dp, accuracy=accuracy),
         {1: b1, 8: b8},
+        changed_right=changed[0],
+        changed_wrong=changed[1],
     )
 
 
@@ -130,13 +132,15 @@ def report(rows) -> Report:
     return Report(Path("model.zip"), {"name": "m", "version": "1"}, "ab" * 32, "data", 256, 1, 30, "cpu", "0", "0", 1.0, rows)
 
 
-REFERENCE = row("TorchScript float32", TorchScriptRuntime, True, 0.99, 1.0, 12.0, 100.0, 13_000_000)
+REFERENCE = row("TorchScript float32", TorchScriptRuntime, True, 0.99, 1.0, 12.0, 100.0, 13_000_000, max_dp=0.0)
 
 
 def test_the_fastest_servable_variant_that_keeps_the_answers_is_recommended():
-    text = recommendation(report([REFERENCE, row("ts-int8", TorchScriptRuntime, True, 0.99, 0.995, 4.0, 40.0)]))
+    ts_int8 = row("ts-int8", TorchScriptRuntime, True, 0.99, 0.992, 4.0, 40.0, changed=(1, 1))
+    text = recommendation(report([REFERENCE, ts_int8]))
     assert "**Best: ts-int8**" in text and "MODEL_PATH=ts-int8.bin" in text
     assert "3.0×" in text
+    assert "changes the answer on 2 of 256 validation images (1 the float model got wrong, 1 it got right)" in text
 
 
 def test_a_faster_onnx_variant_is_named_with_what_serving_it_costs():
@@ -148,6 +152,15 @@ def test_a_faster_onnx_variant_is_named_with_what_serving_it_costs():
     text = recommendation(report(rows))
     assert "**Fastest: onnx-int8**" in text and "onnxruntime" in text
     assert "**Best without new code: ts-int8**" in text
+    assert "exact answers" not in text  # no variant other than the reference gives them
+
+
+def test_the_fastest_variant_with_exact_answers_is_named():
+    rows = [REFERENCE, row("onnx-fp32", OnnxRuntime, False, 0.99, 1.0, 5.0, 40.0, max_dp=1e-6),
+            row("ts-int8", TorchScriptRuntime, True, 0.99, 0.995, 4.0, 40.0)]
+    text = recommendation(report(rows))
+    assert "**Best: ts-int8**" in text
+    assert "**Fastest with the float model's exact answers: onnx-fp32**: 5.0 ms at batch 1 (2.4×)" in text
 
 
 def test_a_variant_that_changes_the_answers_is_refused_however_fast():

@@ -76,6 +76,14 @@ class Measured:
     size_bytes: int
     agreement: Agreement
     latency_ms: dict[int, float] = field(default_factory=dict)
+    # Images whose top-1 differs from the float model's: how many it had right, how many wrong.
+    changed_right: int = 0
+    changed_wrong: int = 0
+
+    @property
+    def exact(self) -> bool:
+        """Gives the float model's answers: same top-1 everywhere, probabilities within 1e-3."""
+        return self.agreement.top1_agreement == 1.0 and self.agreement.max_probability_difference < 1e-3
 
 
 @dataclass
@@ -144,14 +152,20 @@ def measure_variants(
     """Accuracy and agreement on every validation image; interleaved latency at each batch size."""
     runtimes = {variant.name: variant.runtime(variant.path, threads) for variant in variants}
     reference = probabilities(runtimes[variants[0].name], val_images)
-    rows = [
-        Measured(
-            variant,
-            variant.path.stat().st_size,
-            agreement(reference, probabilities(runtimes[variant.name], val_images), val_targets),
+    rows = []
+    for variant in variants:
+        answers = probabilities(runtimes[variant.name], val_images)
+        changed = reference.argmax(1) != answers.argmax(1)
+        reference_right = reference.argmax(1) == val_targets
+        rows.append(
+            Measured(
+                variant,
+                variant.path.stat().st_size,
+                agreement(reference, answers, val_targets),
+                changed_right=int((changed & reference_right).sum()),
+                changed_wrong=int((changed & ~reference_right).sum()),
+            )
         )
-        for variant in variants
-    ]
     for batch_size in BATCH_SIZES:
         batch = val_images[:batch_size].float().div(255).numpy()
         calls = {name: (lambda runtime=runtime: runtime.logits(batch)) for name, runtime in runtimes.items()}
@@ -197,6 +211,12 @@ def _size(size_bytes: int) -> str:
     return f"{size_bytes / 1e6:.1f} MB"
 
 
+def _difference(value: float) -> str:
+    if value == 0:
+        return "0"
+    return f"{value:.4f}" if value >= 1e-3 else f"{value:.1e}"
+
+
 def _path(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(REPO))
@@ -215,7 +235,7 @@ def table(report: Report) -> str:
         lines.append(
             f"| {row.variant.name} | `{_path(row.variant.path)}` | {row.variant.runtime.engine} "
             f"| {_size(row.size_bytes)} | {a.accuracy:.2%} | {a.top1_agreement:.2%} "
-            f"| {a.max_probability_difference:.4f} | {row.latency_ms[1]:.1f} ms "
+            f"| {_difference(a.max_probability_difference)} | {row.latency_ms[1]:.1f} ms "
             f"| {row.latency_ms[8]:.1f} ms | {row.latency_ms[8] / 8:.1f} ms |"
         )
     return "\n".join(lines)
@@ -227,17 +247,25 @@ def recommendation(report: Report) -> str:
     acceptable = [row for row in report.rows if report.acceptable(row)]
     fastest = min(acceptable, key=lambda row: row.latency_ms[1])
     servable = min((row for row in acceptable if row.variant.served_by_the_service), key=lambda row: row.latency_ms[1])
+    exact = min((row for row in report.rows if row.exact), key=lambda row: row.latency_ms[1])
     refused = [row for row in report.rows if row not in acceptable]
+    images = reference.agreement.images
 
     def versus(row: Measured) -> str:
-        return (
+        text = (
             f"{row.latency_ms[1]:.1f} ms at batch 1 against {reference.latency_ms[1]:.1f} ms "
             f"({reference.latency_ms[1] / row.latency_ms[1]:.1f}×), {row.latency_ms[8] / 8:.1f} ms per image "
             f"at batch 8 against {reference.latency_ms[8] / 8:.1f} ms, "
             f"{_size(row.size_bytes)} against {_size(reference.size_bytes)}, "
-            f"validation top-1 {row.agreement.accuracy:.2%} against {reference.agreement.accuracy:.2%}, "
-            f"top-1 agreement {row.agreement.top1_agreement:.2%}"
+            f"validation top-1 {row.agreement.accuracy:.2%} against {reference.agreement.accuracy:.2%}"
         )
+        changed = row.changed_right + row.changed_wrong
+        if changed:
+            text += (
+                f"; it changes the answer on {changed} of {images} validation images "
+                f"({row.changed_wrong} the float model got wrong, {row.changed_right} it got right)"
+            )
+        return text
 
     rule = (
         f"The rule: a variant may replace the served model if its top-1 agreement with the "
@@ -279,6 +307,14 @@ def recommendation(report: Report) -> str:
                 f"{versus(servable)}. The service serves it as it is "
                 f"(`MODEL_PATH={servable.variant.path.name}`)."
             )
+    if exact is not reference and exact is not fastest:
+        parts.append("")
+        parts.append(
+            f"**Fastest with the float model's exact answers: {exact.variant.name}**: "
+            f"{exact.latency_ms[1]:.1f} ms at batch 1 ({reference.latency_ms[1] / exact.latency_ms[1]:.1f}×), "
+            f"max abs Δp {exact.agreement.max_probability_difference:.1e}"
+            + ("." if exact.variant.served_by_the_service else "; it too would need `onnxruntime` in the service.")
+        )
     return "\n".join(parts)
 
 
@@ -298,8 +334,9 @@ def markdown(report: Report) -> str:
 - **Method**: accuracy and agreement on every validation image, against the true class and
   against the TorchScript float model. Latency: the first validation images as one batch of 1
   or 8, 3 warm-up calls, then {report.rounds} rounds that time every variant once in a new
-  random order; the median is shown. Model inference only: decoding and resizing are the
-  same for every variant.
+  random order; the median is shown. Model inference only: decoding and resizing (about
+  2 ms for a 256×256 JPEG) and HTTP come on top, the same for every variant; for whole
+  requests and the batch command with each TorchScript model see `bench/batch-results.md`.
 
 {table(report)}
 
@@ -311,6 +348,8 @@ The browser's "On this device" path runs **ONNX float32** (`model.onnx`) with on
 it gives the server's answers (scores within 0.01, checked in Chromium by
 `tests/test_browser_device.py`), which int8 does not promise (see max abs Δp above).
 
+int8 speed depends on the CPU's int8 instructions (oneDNN and ONNX Runtime use AVX-512 VNNI
+where the CPU has it, as this one does): measure again on the platform's CPU before switching.
 Whichever is served, the lead decides; the default stays `MODEL_PATH=model.zip` until then.
 """
 
