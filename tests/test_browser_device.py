@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 CHOOSE = re.compile("Choose images")
 PARITY_TOLERANCE = 0.01
 REPORT = ROOT / "test-results" / "device-parity.json"
+SCREENSHOTS = ROOT / "test-results" / "screenshots"
 DEVICE_FILES = re.compile(r"/(model\.onnx(\.json)?|static/vendor/onnxruntime-web/.*)$")
 
 expect.set_options(timeout=60_000)  # the first device answer compiles 14 MB of WebAssembly
@@ -145,6 +146,8 @@ def test_the_model_loads_on_first_use_from_this_origin_with_a_message(open_page,
     assert {Path(url).name for url in fetched} >= {"model.onnx.json", "model.onnx", "ort-wasm-simd-threaded.wasm"}
     assert all(url.startswith(server) for url in fetched)
     assert not [url for url in requests if "/predict" in url], "the device path sent the image to the server"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "page-device.png")
 
 
 def test_a_server_whose_model_changed_turns_the_device_path_off_in_words(open_page, tiny_model_path, dataset_jpeg):
