@@ -334,8 +334,8 @@ def markdown(report: Report) -> str:
 - **Method**: accuracy and agreement on every validation image, against the true class and
   against the TorchScript float model. Latency: the first validation images as one batch of 1
   or 8, 3 warm-up calls, then {report.rounds} rounds that time every variant once in a new
-  random order; the median is shown. Model inference only: decoding and resizing (about
-  2 ms for a 256×256 JPEG) and HTTP come on top, the same for every variant; for whole
+  random order; the median is shown. Model inference only: decoding and resizing (under
+  1 ms for a 256×256 JPEG) and HTTP come on top, the same for every variant; for whole
   requests and the batch command with each TorchScript model see `bench/batch-results.md`.
 
 {table(report)}
