@@ -134,14 +134,18 @@ def _read_meta(raw, path: Path) -> dict:
     return meta
 
 
+def smoke_batch(count: int = 2) -> torch.Tensor:
+    """Fixed pseudo-random images in [0, 1]: the same input on every run and machine."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(count, 3, *INPUT_SIZE, generator=generator)
+
+
 def _check_forward(module, labels, path: Path, runs: int) -> None:
     """Run a smoke batch: shapes match the labels and the outputs are finite.
 
     The same runs warm the model up, since the first TorchScript calls are slow.
     """
-    smoke = torch.linspace(0, 1, 2 * 3 * INPUT_SIZE[0] * INPUT_SIZE[1]).reshape(
-        2, 3, *INPUT_SIZE
-    )
+    smoke = smoke_batch()
     with torch.inference_mode():
         for _ in range(runs):
             try:
