@@ -7,7 +7,7 @@ PORT ?= 8000
 PIP_RETRIES ?= 0
 PIP = $(VENV)/bin/pip install --retries $(PIP_RETRIES) --disable-pip-version-check
 
-.PHONY: run test test-deploy install install-dev
+.PHONY: run test test-deploy bench install install-dev
 
 run: $(VENV)/.run-installed
 	PORT=$(PORT) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sh -c "$$(sed -n 's/^web: //p' Procfile)"
@@ -20,6 +20,11 @@ test: $(VENV)/.dev-installed
 test-deploy: $(VENV)/.dev-installed
 	$(VENV)/bin/python -m pytest -m deploy $(PYTEST_ARGS)
 
+# The benchmark (bench/README.md): every contender side by side, about 10 minutes; it
+# rewrites bench/RESULTS.md, bench/results.json and bench/results.png.
+bench: $(VENV)/.dev-installed
+	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
 install: $(VENV)/.run-installed
 install-dev: $(VENV)/.dev-installed
 
@@ -30,6 +35,6 @@ $(VENV)/.run-installed: requirements.txt | $(VENV)/bin/python
 	$(PIP) -r requirements.txt
 	touch $@
 
-$(VENV)/.dev-installed: requirements.txt requirements-train.txt requirements-dev.txt | $(VENV)/bin/python
+$(VENV)/.dev-installed: requirements.txt requirements-train.txt requirements-dev.txt bench/requirements.txt | $(VENV)/bin/python
 	$(PIP) -r requirements-dev.txt
 	touch $@ $(VENV)/.run-installed

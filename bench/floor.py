@@ -1,0 +1,50 @@
+"""The floor: decode + preprocess + forward in this process, no HTTP, one image at a time.
+
+Run as ``python -m bench.floor --threads T ...`` in a fresh process per thread count, so
+that torch's thread pool is sized once, as in a server worker. It calls the same pipeline
+as our service (``Classifier.classify``: bytes in, top-k prediction out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from classifier.pipeline import Classifier
+
+from .load import summarise
+
+
+def measure(classifier: Classifier, payloads: list[bytes], count: int, warmup: int = 10):
+    for index in range(warmup):
+        classifier.classify(payloads[index % len(payloads)])
+    latencies = []
+    started = time.perf_counter()
+    for index in range(count):
+        begin = time.perf_counter()
+        classifier.classify(payloads[index % len(payloads)])
+        latencies.append((time.perf_counter() - begin) * 1000)
+    return summarise(latencies, count, errors=0, wall_s=time.perf_counter() - started)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="model.zip")
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--workload", nargs=3, action="append", required=True,
+                        metavar=("NAME", "PAYLOAD_LIST", "COUNT"), help="repeat for each workload")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    classifier = Classifier.setup(args.model, threads=args.threads)
+    results = {}
+    for name, payload_list, count in args.workload:
+        files = [Path(line) for line in Path(payload_list).read_text().split("\n") if line]
+        payloads = [file.read_bytes() for file in files]
+        results[name] = measure(classifier, payloads, int(count)).to_json()
+    args.out.write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
