@@ -12,6 +12,7 @@ from flask import Flask
 from flask_cors import CORS
 
 from classifier.pipeline import Classifier
+from web import access_log, metrics
 from web.api import EXTENSION_KEY, api
 from web.errors import register_error_handlers
 from web.settings import check_settings, settings_from_env
@@ -24,7 +25,10 @@ def create_app(config: dict | None = None) -> Flask:
         app.config.from_mapping(config)
     check_settings(app.config)
 
-    CORS(app, origins=_origins(app.config["CORS_ORIGINS"]))
+    # Request id and metrics first, so that their hooks see every request.
+    access_log.init_app(app)
+    metrics.init_app(app)
+    CORS(app, origins=_origins(app.config["CORS_ORIGINS"]), expose_headers=[access_log.REQUEST_ID_HEADER])
     register_error_handlers(app)
     app.register_blueprint(api)
 
@@ -39,8 +43,10 @@ def load_classifier(app: Flask) -> Classifier:
         app.config["MODEL_PATH"],
         max_pixels=app.config["MAX_IMAGE_PIXELS"],
         threads=app.config["TORCH_THREADS"],
+        on_inference=metrics.observe_inference,
     )
     app.extensions[EXTENSION_KEY] = classifier
+    metrics.set_model_info(classifier.model.name, classifier.model.version)
     logging.getLogger(__name__).info(
         "model %s %s loaded in %.2fs (%d classes, %d torch threads)",
         classifier.model.name,

@@ -6,8 +6,9 @@ Modelled on LitServe's LitAPI. The web layer and the CLI call ``classify`` and
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -34,19 +35,35 @@ class Prediction:
         }
 
 
+# Told the seconds and the number of images of each forward pass (e.g. to export metrics).
+InferenceObserver = Callable[[float, int], None]
+
+
 class Classifier:
     """A loaded model plus the steps that turn uploads into predictions."""
 
-    def __init__(self, model: LoadedModel, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        model: LoadedModel,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        on_inference: InferenceObserver | None = None,
+    ):
         self.model = model
         self.max_pixels = max_pixels
+        self.on_inference = on_inference
 
     @classmethod
-    def setup(cls, model_path, max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None):
+    def setup(
+        cls,
+        model_path,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        threads: int | None = None,
+        on_inference: InferenceObserver | None = None,
+    ):
         """Load and warm up the model once per process; ``threads`` caps torch's pool."""
         if threads:
             torch.set_num_threads(threads)
-        return cls(load_model(model_path), max_pixels=max_pixels)
+        return cls(load_model(model_path), max_pixels=max_pixels, on_inference=on_inference)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -71,8 +88,11 @@ class Classifier:
     def predict(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Class probabilities, N×C, for already-decoded images."""
         batch = to_tensor(images)
+        started = time.perf_counter()
         with torch.inference_mode():
             logits = self.model.module(batch)
+        if self.on_inference:
+            self.on_inference(time.perf_counter() - started, len(images))
         return torch.softmax(logits.float(), dim=1)
 
     def encode(self, probabilities: torch.Tensor, top_k: int | None = None) -> Prediction:
