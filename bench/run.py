@@ -66,6 +66,7 @@ def run_contender(name: str, model: Path, plan: list[tuple[str, Path, int, int]]
             "peak_rss_children_mb": memory.peak_rss_children / 1e6,
             "peak_pss_mb": memory.peak_pss / 1e6,
             "processes": memory.processes,
+            "pids": sorted(memory.pids),
             "runs": runs,
         }
 

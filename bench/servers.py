@@ -211,6 +211,7 @@ class MemorySampler:
         self.peak_rss_children = 0  # the workers alone, without the parent process
         self.peak_pss = 0
         self.processes = 0
+        self.pids: set[int] = set()  # every process seen, to check that all were stopped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -221,6 +222,7 @@ class MemorySampler:
         except psutil.Error:
             return
         for process in tree:
+            self.pids.add(process.pid)
             try:
                 info = process.memory_full_info()
             except psutil.Error:
