@@ -16,10 +16,12 @@ from web import access_log, metrics
 from web.api import EXTENSION_KEY, api
 from web.errors import register_error_handlers
 from web.settings import check_settings, settings_from_env
+from web.uploads import InMemoryUploadRequest
 
 
 def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
+    app.request_class = InMemoryUploadRequest
     app.config.from_mapping(settings_from_env())
     if config:
         app.config.from_mapping(config)

@@ -17,7 +17,7 @@ import gevent
 from locust import FastHttpUser, events, task
 from locust.exception import StopUser
 
-from bench.http_form import CONTENT_TYPE, multipart_body
+from bench.http_form import multipart_body
 
 @events.init_command_line_parser.add_listener
 def add_arguments(parser):
@@ -57,7 +57,7 @@ def load_payloads(environment, **_):
     global plan
     options = environment.parsed_options
     paths = [Path(line) for line in Path(options.payload_list).read_text().split("\n") if line]
-    plan = Plan(environment, [(p.name, multipart_body(p.name, p.read_bytes())) for p in paths], options.request_count)
+    plan = Plan(environment, [(p.name, p.read_bytes()) for p in paths], options.request_count)
 
 
 @events.request.add_listener
@@ -89,10 +89,5 @@ class ImageUploader(FastHttpUser):
         payload = plan.next_payload()
         if payload is None:
             raise StopUser()
-        _, body = payload
-        self.client.post(
-            "/predict",
-            data=body,
-            headers={"Content-Type": CONTENT_TYPE},
-            name="/predict",
-        )
+        body, content_type = multipart_body(*payload)
+        self.client.post("/predict", data=body, headers={"Content-Type": content_type}, name="/predict")

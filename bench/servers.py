@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from .http_form import CONTENT_TYPE, multipart_body
+from .http_form import multipart_body
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -49,11 +49,8 @@ class Contender:
             if self.readiness == "health":
                 request = urllib.request.Request(f"{url}/health")
             else:
-                request = urllib.request.Request(
-                    f"{url}/predict",
-                    data=multipart_body(probe_image.name, probe_image.read_bytes()),
-                    headers={"Content-Type": CONTENT_TYPE},
-                )
+                body, content_type = multipart_body(probe_image.name, probe_image.read_bytes())
+                request = urllib.request.Request(f"{url}/predict", data=body, headers={"Content-Type": content_type})
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status == 200
         except (OSError, urllib.error.HTTPError):
