@@ -36,10 +36,13 @@ class ClassifierAPI(ls.LitAPI):
         upload = request["file"]
         return decode_image(upload.file.read())
 
-    def predict(self, image):
+    def predict(self, images):
+        # One image, or a list of them when LitServe batches (--max-batch-size > 1).
+        batch = images if isinstance(images, list) else [images]
         with torch.inference_mode():
-            logits = self.model.module(to_tensor([image]))
-        return torch.softmax(logits.float(), dim=1)[0]
+            logits = self.model.module(to_tensor(batch))
+        probabilities = torch.softmax(logits.float(), dim=1)
+        return list(probabilities) if isinstance(images, list) else probabilities[0]
 
     def encode_response(self, probabilities):
         score, index = torch.max(probabilities, dim=0)

@@ -34,8 +34,15 @@ def run_of(results: dict, server: str, workload: str = "dataset", concurrency: i
     return None
 
 
+BATCHING_KEY = "forward_ms_per_image_by_batch"
+
+
 def floor_of(results: dict, threads: int, workload: str = "dataset") -> dict | None:
     return results.get("floor", {}).get(str(threads), {}).get(workload)
+
+
+def floor_workloads(results: dict, threads: str) -> dict:
+    return {name: run for name, run in results["floor"][threads].items() if name != BATCHING_KEY}
 
 
 def machine_limit_rps(results: dict) -> float | None:
@@ -158,7 +165,7 @@ def _runs_table(results: dict) -> list[str]:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for threads in sorted(results.get("floor", {}), key=int):
-        for workload, run in results["floor"][threads].items():
+        for workload, run in floor_workloads(results, threads).items():
             lines.append(
                 f"| floor, {threads} thread{'s' if threads != '1' else ''} | {workload} | – | {run['requests']} | "
                 f"{run['errors']} | {_fmt(run['p50_ms'])} | {_fmt(run['p95_ms'])} | {_fmt(run['p99_ms'])} | "
@@ -178,6 +185,26 @@ def _runs_table(results: dict) -> list[str]:
                 f"{_fmt(run['client_cpu_ms_per_request'], 2)} |"
             )
     lines += ["", "Images: " + "; ".join(f"*{k}*: {v}" for k, v in results["workloads"].items()) + "."]
+    return lines + _batching_lines(results)
+
+
+def _batching_lines(results: dict) -> list[str]:
+    """Forward time per image by batch size: whether micro-batching could pay here."""
+    rows = {threads: floor[BATCHING_KEY] for threads, floor in results.get("floor", {}).items() if BATCHING_KEY in floor}
+    if not rows:
+        return []
+    sizes = sorted({int(size) for row in rows.values() for size in row})
+    lines = [
+        "",
+        "Micro-batching: the forward pass alone, milliseconds per image, by batch size (floor "
+        "process, random input). Batching pays only if images cost less in larger batches.",
+        "",
+        "| threads | " + " | ".join(f"batch {size}" for size in sizes) + " |",
+        "| --- | " + " | ".join("---:" for _ in sizes) + " |",
+    ]
+    for threads in sorted(rows, key=int):
+        lines.append(f"| {threads} | " + " | ".join(_fmt(rows[threads].get(str(size), rows[threads].get(size)), 2)
+                                                   for size in sizes) + " |")
     return lines
 
 

@@ -29,11 +29,13 @@ from .workload import build_workloads
 ROOT = Path(__file__).resolve().parents[1]
 CONTENDERS = {"ours": servers.ours, "reference": servers.reference, "litserve": servers.litserve}
 WARMUP_REQUESTS = 10
+BATCH_SIZES = (1, 2, 4, 8)  # the floor also times the forward pass alone at these
 
 
 def run_floor(model: Path, threads: int, plan: list[tuple[str, Path, int]], work: Path) -> dict:
     out = work / f"floor-{threads}.json"
-    command = [sys.executable, "-m", "bench.floor", "--model", str(model), "--threads", str(threads), "--out", str(out)]
+    command = [sys.executable, "-m", "bench.floor", "--model", str(model), "--threads", str(threads), "--out", str(out),
+               "--batch-sizes", *map(str, BATCH_SIZES)]
     for name, payload_list, count in plan:
         command += ["--workload", name, str(payload_list), str(count)]
     subprocess.run(command, cwd=ROOT, env=servers.clean_env(), check=True)

@@ -42,7 +42,8 @@ def test_every_contender_ran_every_load_without_errors(bench_run):
         assert server["cold_start_s"] > 0 and server["peak_rss_mb"] > 0 and server["processes"] >= 2
     assert set(results["floor"]) == {"1", str(results["machine"]["cores"])}
     for floor in results["floor"].values():
-        assert set(floor) == {"dataset", "12mp", "12mp-detailed"}
+        assert set(floor) == {"dataset", "12mp", "12mp-detailed", "forward_ms_per_image_by_batch"}
+        assert set(floor["forward_ms_per_image_by_batch"]) == {"1", "2", "4", "8"}
 
 
 def test_results_md_has_the_targets_every_row_and_the_plot(bench_run):
