@@ -17,8 +17,12 @@ preload_app = False
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 30
 keepalive = 5
-# Recycle workers now and then so that slow leaks in native libraries stay bounded.
-max_requests = int(os.environ.get("MAX_REQUESTS", "5000"))
+# Recycle workers now and then so that slow leaks in native libraries stay bounded. Measured
+# (bench/README.md): a worker's RSS is flat after warm-up, and a new worker spends seconds of
+# a core importing torch and warming up the model, so rarely: at full load (~70 requests/s
+# per worker) about every 5 minutes.
+# The jitter keeps the workers from restarting together.
+max_requests = int(os.environ.get("MAX_REQUESTS", "20000"))
 max_requests_jitter = max_requests // 10
 accesslog = None  # the app writes the access log: see "web.access" below
 errorlog = "-"
