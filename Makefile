@@ -6,13 +6,17 @@ PORT ?= 8000
 # instead of retrying it for minutes. Set PIP_RETRIES=5 on a flaky network.
 PIP_RETRIES ?= 0
 PIP = $(VENV)/bin/pip install --retries $(PIP_RETRIES) --disable-pip-version-check
+# The browser tests drive Debian's Chromium: Playwright's own browser download needs the
+# internet. Set CHROMIUM to use another Chromium binary.
+export CHROMIUM ?= /usr/bin/chromium
+SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: run test test-deploy bench install install-dev
 
 run: $(VENV)/.run-installed
 	PORT=$(PORT) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sh -c "$$(sed -n 's/^web: //p' Procfile)"
 
-test: $(VENV)/.dev-installed
+test: $(VENV)/.dev-installed $(CHROMIUM)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The git-push deploy test builds a whole release from scratch (several minutes), so it has
@@ -38,3 +42,8 @@ $(VENV)/.run-installed: requirements.txt | $(VENV)/bin/python
 $(VENV)/.dev-installed: requirements.txt requirements-train.txt requirements-dev.txt bench/requirements.txt | $(VENV)/bin/python
 	$(PIP) -r requirements-dev.txt
 	touch $@ $(VENV)/.run-installed
+
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "The browser tests need Chromium at $(CHROMIUM): install it, or set CHROMIUM=/path/to/chromium."; exit 1; }
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-dejavu-core

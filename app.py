@@ -7,6 +7,8 @@ the model is loaded here, in each gunicorn worker after it forks, never in the m
 from __future__ import annotations
 
 import logging
+import os
+import threading
 
 from flask import Flask
 from flask_cors import CORS
@@ -14,7 +16,9 @@ from flask_cors import CORS
 from classifier.pipeline import Classifier
 from web import access_log, metrics
 from web.api import EXTENSION_KEY, api
+from web.cli import register_commands
 from web.errors import register_error_handlers
+from web.pages import pages
 from web.settings import check_settings, settings_from_env
 from web.uploads import InMemoryUploadRequest
 
@@ -33,9 +37,13 @@ def create_app(config: dict | None = None) -> Flask:
     CORS(app, origins=_origins(app.config["CORS_ORIGINS"]), expose_headers=[access_log.REQUEST_ID_HEADER])
     register_error_handlers(app)
     app.register_blueprint(api)
+    app.register_blueprint(pages)
+    register_commands(app)
 
     if app.config["LOAD_MODEL"]:
         load_classifier(app)
+    elif app.config.get("LOAD_MODEL_ON_FIRST_REQUEST"):
+        _load_on_first_request(app)
     return app
 
 
@@ -45,8 +53,9 @@ def load_classifier(app: Flask) -> Classifier:
         app.config["MODEL_PATH"],
         max_pixels=app.config["MAX_IMAGE_PIXELS"],
         threads=app.config["TORCH_THREADS"],
-        on_inference=metrics.observe_inference,
     )
+    # Observed from here on: the warm-up and smoke test are not served inferences.
+    classifier.on_inference = metrics.observe_inference
     app.extensions[EXTENSION_KEY] = classifier
     metrics.set_model_info(classifier.model.name, classifier.model.version)
     logging.getLogger(__name__).info(
@@ -60,6 +69,16 @@ def load_classifier(app: Flask) -> Classifier:
     return classifier
 
 
+def _load_on_first_request(app: Flask) -> None:
+    lock = threading.Lock()
+
+    @app.before_request
+    def load_once():
+        with lock:
+            if EXTENSION_KEY not in app.extensions:
+                load_classifier(app)
+
+
 def _origins(raw: str):
     origins = [origin.strip() for origin in raw.split(",") if origin.strip()]
     return "*" if origins in ([], ["*"]) else origins
@@ -69,6 +88,15 @@ def __getattr__(name: str):
     # `gunicorn app:app` and `flask --app app` look up `app` here: build it on first use,
     # so importing this module (tests, tools) loads no model.
     if name == "app":
-        globals()["app"] = create_app()
+        globals()["app"] = create_app(_command_line_config())
         return globals()["app"]
     raise AttributeError(name)
+
+
+def _command_line_config() -> dict | None:
+    # `flask --app app <command>` builds the app too (Flask sets FLASK_RUN_FROM_CLI). Its
+    # model commands must work while the served file is broken, which is exactly when
+    # swap-model is needed, so there the model loads on the first request (`flask run`).
+    if os.environ.get("FLASK_RUN_FROM_CLI") == "true":
+        return {"LOAD_MODEL": False, "LOAD_MODEL_ON_FIRST_REQUEST": True}
+    return None

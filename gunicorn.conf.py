@@ -12,7 +12,8 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Tell the app how many workers share the cores, so it sizes torch's thread pool to fit.
 raw_env = [f"WEB_CONCURRENCY={workers}"]
-worker_class = "sync"
+# The sync worker, with a deadline for each client to send its request (web/worker.py).
+worker_class = "web.worker.DeadlineSyncWorker"
 preload_app = False
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 30

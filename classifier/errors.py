@@ -44,3 +44,8 @@ class InvalidParameter(InputError):
 
 class ModelContractError(Exception):
     """A model file that does not meet the contract in BRIEF.md ("The model file")."""
+
+
+class TooManyFiles(InputError):
+    status = 413
+    code = "too_many_files"

@@ -6,6 +6,9 @@ Modelled on LitServe's LitAPI. The web layer and the CLI call ``classify`` and
 
 from __future__ import annotations
 
+import io
+import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -13,11 +16,14 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from .errors import InputError, InvalidParameter
-from .images import DEFAULT_MAX_PIXELS, decode_image, to_tensor
+from .errors import InputError, InvalidParameter, ModelContractError
+from .images import DEFAULT_MAX_PIXELS, INPUT_SIZE, decode_image, resize_for_model, to_tensor
 from .model import LoadedModel, load_model
 
 DEFAULT_TOP_K = 5
+
+# Plain ASCII digits only: int() would also take " 3", "0_1" and non-Latin digits.
+_TOP_K_PATTERN = re.compile(r"[0-9]{1,6}")
 
 
 @dataclass(frozen=True)
@@ -53,17 +59,33 @@ class Classifier:
         self.on_inference = on_inference
 
     @classmethod
-    def setup(
-        cls,
-        model_path,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        threads: int | None = None,
-        on_inference: InferenceObserver | None = None,
-    ):
-        """Load and warm up the model once per process; ``threads`` caps torch's pool."""
+    def setup(cls, model_path, max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None):
+        """Load, check and warm up the model once per process; ``threads`` caps torch's pool.
+
+        Raises ``ModelContractError`` for a file that must not be served. Workers and the
+        ``check-model`` command both come through here, so both apply the same checks.
+        """
         if threads:
             torch.set_num_threads(threads)
-        return cls(load_model(model_path), max_pixels=max_pixels, on_inference=on_inference)
+        classifier = cls(load_model(model_path), max_pixels=max_pixels)
+        classifier.smoke_test()
+        return classifier
+
+    def smoke_test(self) -> Prediction:
+        """Classify a generated image end to end (decode, resize, model, softmax, encode).
+
+        ``load_model`` already ran tensors through the model; this runs an encoded image
+        through every step a request takes, and checks the answer is a probability.
+        """
+        # Our own image, so not subject to the upload limit (max_pixels may be set tiny).
+        probabilities = self.predict([decode_image(smoke_image_bytes())])[0]
+        total = float(probabilities.sum())
+        if not torch.isfinite(probabilities).all() or not math.isclose(total, 1.0, abs_tol=1e-3):
+            raise ModelContractError(
+                f"{self.model.path}: the smoke image gave probabilities that are not finite "
+                f"or do not sum to 1 (sum {total})."
+            )
+        return self.encode(probabilities)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -74,10 +96,9 @@ class Classifier:
         count = len(self.labels)
         if raw is None or raw == "":
             return min(DEFAULT_TOP_K, count)
-        try:
-            k = int(raw)
-        except (TypeError, ValueError):
+        if not isinstance(raw, str) or not _TOP_K_PATTERN.fullmatch(raw):
             raise InvalidParameter(f"'top' must be an integer from 1 to {count}, not {raw!r}.")
+        k = int(raw)
         if not 1 <= k <= count:
             raise InvalidParameter(f"'top' must be from 1 to {count}; got {k}.")
         return k
@@ -116,7 +137,9 @@ class Classifier:
         decoded, positions = [], []
         for position, data in enumerate(items):
             try:
-                decoded.append(self.decode(data))
+                # Shrink each image as soon as it is decoded: a batch of large images would
+                # otherwise hold every full-size bitmap in memory at once.
+                decoded.append(resize_for_model(self.decode(data)))
                 positions.append(position)
             except InputError as error:
                 results[position] = error
@@ -125,3 +148,14 @@ class Classifier:
             for row, position in enumerate(positions):
                 results[position] = self.encode(probabilities[row], top_k)
         return results
+
+
+def smoke_image_bytes() -> bytes:
+    """A PNG of colour gradients, larger than the model's input so that resizing runs too."""
+    size = (INPUT_SIZE[0] + 32, INPUT_SIZE[1] + 16)
+    gradient = Image.linear_gradient("L")
+    channels = (gradient, gradient.rotate(90), gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    image = Image.merge("RGB", [channel.resize(size) for channel in channels])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -31,11 +31,35 @@ def colour_network() -> nn.Module:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), linear)
 
 
+def export_tiny_model(path: Path, version: str = "0.0.1", labels=TINY_LABELS) -> Path:
+    """The colour model as a model file; ``labels`` of another length breaks the contract."""
+    meta = {"name": "tiny-colours", "version": version, "dataset": "synthetic"}
+    return export_model(colour_network(), labels, meta, path, mean=(0, 0, 0), std=(1, 1, 1))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "tiny.zip"
-    meta = {"name": "tiny-colours", "version": "0.0.1", "dataset": "synthetic"}
-    return export_model(colour_network(), TINY_LABELS, meta, path, mean=(0, 0, 0), std=(1, 1, 1))
+    return export_tiny_model(tmp_path_factory.mktemp("models") / "tiny.zip")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_v2_path(tmp_path_factory) -> Path:
+    return export_tiny_model(tmp_path_factory.mktemp("models") / "tiny-v2.zip", version="0.0.2")
+
+
+@pytest.fixture(scope="session")
+def corrupt_model_path(tiny_model_path, tmp_path_factory) -> Path:
+    """The tiny model cut in half, as an interrupted copy would leave it."""
+    path = tmp_path_factory.mktemp("models") / "corrupt.zip"
+    data = tiny_model_path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.fixture(scope="session")
+def wrong_contract_model_path(tmp_path_factory) -> Path:
+    """A valid TorchScript file with two labels for its three outputs."""
+    return export_tiny_model(tmp_path_factory.mktemp("models") / "wrong.zip", labels=["red", "green"])
 
 
 @pytest.fixture

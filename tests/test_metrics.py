@@ -92,20 +92,24 @@ def test_metrics_add_up_across_two_gunicorn_workers(tiny_model_path, tmp_path):
         for _ in range(3):
             assert post_multipart(f"{url}/predict", "file", "a.jpg", b"not an image")[0] == 400
 
-        # Whichever worker answers the scrape, it reports both workers' counts.
+        # Whichever worker answers the scrape, it reports both workers' counts. Scrapes are
+        # sent four at a time, so that both workers answer some.
         scraped_by = set()
-        for _ in range(40):
-            samples = scrape(url)
-            assert value(samples, "http_requests_total", method="POST", route="/predict", status="200") == sent
-            assert value(samples, "http_requests_total", method="POST", route="/predict", status="400") == 3
-            assert value(samples, "http_request_duration_seconds_count", method="POST", route="/predict") == sent + 3
-            assert value(samples, "model_inference_duration_seconds_count") == sent
-            assert value(samples, "model_inference_images_total") == sent
-            assert value(samples, "http_requests_in_flight") == 1  # the scrape itself
-            assert value(samples, "model_info", name="tiny-colours", version="0.0.1") == 1
-            scraped_by = {e["pid"] for e in access_lines(log) if e["path"] == "/metrics"}
-            if scraped_by == workers:
-                break
+        with ThreadPoolExecutor(4) as pool:
+            for rounds in range(1, 21):
+                for samples in pool.map(lambda _: scrape(url), range(4)):
+                    assert value(samples, "http_requests_total", method="POST", route="/predict", status="200") == sent
+                    assert value(samples, "http_requests_total", method="POST", route="/predict", status="400") == 3
+                    assert value(samples, "http_request_duration_seconds_count", method="POST", route="/predict") == sent + 3
+                    assert value(samples, "model_inference_duration_seconds_count") == sent
+                    assert value(samples, "model_inference_images_total") == sent
+                    assert 1 <= value(samples, "http_requests_in_flight") <= 4  # the scrapes themselves
+                    assert value(samples, "model_info", name="tiny-colours", version="0.0.1") == 1
+                wait_for(lambda: sum(e["path"] == "/metrics" for e in access_lines(log)) == 4 * rounds,
+                         what="the scrapes' log lines")
+                scraped_by = {e["pid"] for e in access_lines(log) if e["path"] == "/metrics"}
+                if scraped_by == workers:
+                    break
         assert scraped_by == workers, "one worker answered every scrape"
 
         # A worker that dies in the middle of a request takes nothing with it: its counts

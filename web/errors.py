@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from classifier.errors import InputError
 
@@ -13,14 +13,24 @@ log = logging.getLogger(__name__)
 
 # Messages a person can act on, for the errors Werkzeug raises before our views run.
 _HTTP_MESSAGES = {
-    404: "No such route. The API has POST /predict, GET /health and GET /model.",
+    404: "No such route. GET /openapi.json lists the routes of this API.",
     405: "This route does not accept that method.",
     413: "The upload is larger than the limit of {limit}. Send a smaller file.",
 }
 
 
+_FORM_TOO_LARGE = (
+    "The form has too many parts (over 1,000) or a text field over 500 KB. "
+    "Send each image as a file part named 'file'."
+)
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
 def error_response(status: int, code: str, message: str):
-    response = jsonify({"error": {"code": code, "message": message}})
+    response = jsonify(error_body(code, message))
     response.status_code = status
     return response
 
@@ -30,10 +40,36 @@ def register_error_handlers(app: Flask) -> None:
     def input_error(error: InputError):
         return error_response(error.status, error.code, error.message)
 
+    @app.errorhandler(TimeoutError)
+    def request_timeout(error: TimeoutError):
+        # The only socket a request reads is the client's: it did not send the request
+        # within the deadline that web/worker.py sets.
+        return error_response(
+            408,
+            "request_timeout",
+            "The request did not arrive in time. Send the whole body without pausing.",
+        )
+
+    @app.errorhandler(ClientDisconnected)
+    def incomplete_body(error: ClientDisconnected):
+        # Werkzeug raises this while handling the failed read of the body; a TimeoutError
+        # there is the client being too slow, anything else the body ending early.
+        if isinstance(error.__context__, TimeoutError):
+            return request_timeout(error.__context__)
+        return error_response(
+            400,
+            "incomplete_body",
+            "The request body ended before its Content-Length. Send the whole file.",
+        )
+
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
+        limit = app.config.get("MAX_CONTENT_LENGTH") or 0
         template = _HTTP_MESSAGES.get(error.code, error.description or error.name)
-        message = template.format(limit=human_size(app.config.get("MAX_CONTENT_LENGTH") or 0))
+        if error.code == 413 and request.content_length is not None and request.content_length <= limit:
+            # Not the body's size: one of Werkzeug's limits on the form's structure.
+            template = _FORM_TOO_LARGE
+        message = template.format(limit=human_size(limit))
         response = error_response(error.code or 500, _code_for(error), message)
         if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)

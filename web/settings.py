@@ -7,6 +7,8 @@ import os
 from classifier.images import DEFAULT_MAX_PIXELS
 
 MEGABYTE = 1024 * 1024
+# Short keys can be guessed; `python -c "import secrets; print(secrets.token_urlsafe(32))"`.
+MIN_API_KEY_LENGTH = 16
 
 
 def default_torch_threads() -> int:
@@ -31,14 +33,28 @@ def settings_from_env() -> dict:
         "MODEL_PATH": os.environ.get("MODEL_PATH", "model.zip"),
         "MAX_CONTENT_LENGTH": _int_env("MAX_UPLOAD_MB", 20) * MEGABYTE,
         "MAX_IMAGE_PIXELS": _int_env("MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS),
+        "MAX_BATCH_FILES": _int_env("MAX_BATCH_FILES", 16),
         "TORCH_THREADS": _int_env("TORCH_THREADS", default_torch_threads()),
         "CORS_ORIGINS": os.environ.get("CORS_ORIGINS", "*"),
+        # Empty: /predict is open. Set: /predict* need it (web/auth.py).
+        "API_KEY": os.environ.get("API_KEY", "").strip(),
+        # Where the page at / sends images; empty means its own origin.
+        "API_BASE": os.environ.get("API_BASE", "").strip().rstrip("/"),
         "LOAD_MODEL": os.environ.get("LOAD_MODEL", "1") not in ("0", "false", "no"),
     }
 
 
 def check_settings(config) -> None:
     """Fail at start-up, not on the first request, when a setting cannot work."""
-    for key in ("MAX_CONTENT_LENGTH", "MAX_IMAGE_PIXELS", "TORCH_THREADS"):
+    for key in ("MAX_CONTENT_LENGTH", "MAX_IMAGE_PIXELS", "MAX_BATCH_FILES", "TORCH_THREADS"):
         if int(config[key]) < 1:
             raise ValueError(f"{key} must be at least 1, got {config[key]!r}")
+    api_key = config.get("API_KEY") or ""
+    # Clients send the key in a header, so it must survive one: printable ASCII, no spaces.
+    if api_key and (len(api_key) < MIN_API_KEY_LENGTH or not api_key.isascii()
+                    or not api_key.isprintable() or " " in api_key):
+        raise ValueError(
+            f"API_KEY must be at least {MIN_API_KEY_LENGTH} printable ASCII characters "
+            "without spaces; make one with "
+            "python -c \"import secrets; print(secrets.token_urlsafe(32))\""
+        )

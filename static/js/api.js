@@ -1,0 +1,78 @@
+// Talking to the classification API: where it is, POST /predict, GET /model.
+// Every failure becomes an ApiError with a code, so the page can say what happened in words.
+
+const REQUEST_TIMEOUT_MS = 60_000;
+
+export class ApiError extends Error {
+  constructor(code, { status = 0, serverMessage = "" } = {}) {
+    super(serverMessage || code);
+    this.name = "ApiError";
+    this.code = code;
+    this.status = status;
+    this.serverMessage = serverMessage;
+  }
+}
+
+/** The API's base URL: ?api= wins over the page's data-api-base; "" means the page's origin. */
+export function resolveApiBase(pageUrl, root) {
+  const raw = (new URL(pageUrl).searchParams.get("api") ?? root.dataset.apiBase ?? "").trim();
+  if (!raw) return "";
+  let url;
+  try {
+    url = new URL(raw, pageUrl);
+  } catch {
+    throw new ApiError("bad_api_base", { serverMessage: raw });
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new ApiError("bad_api_base", { serverMessage: raw });
+  }
+  return url.href.replace(/\/+$/, "");
+}
+
+/** Classify one file; resolves to {label, score, top, elapsedMs} or rejects with ApiError. */
+export async function classify(base, file) {
+  const form = new FormData();
+  form.append("file", file, file.name || "image");
+  const started = performance.now();
+  // No ?top=: the server's default is the 5 best classes, capped at the model's class count.
+  const body = await request(`${base}/predict`, { method: "POST", body: form });
+  const elapsedMs = performance.now() - started;
+  if (typeof body.label !== "string" || typeof body.score !== "number") {
+    throw new ApiError("bad_response", { status: 200 });
+  }
+  const top = Array.isArray(body.top) && body.top.length ? body.top : [{ label: body.label, score: body.score }];
+  return { label: body.label, score: body.score, top, elapsedMs };
+}
+
+/** The model's metadata from GET /model: name, version, labels, ... */
+export function describeModel(base) {
+  return request(`${base}/model`, { method: "GET" });
+}
+
+async function request(url, init) {
+  let response;
+  try {
+    // No cookies: the API needs none, and a cross-origin call stays a simple CORS request.
+    response = await fetch(url, { ...init, credentials: "omit", signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+  } catch (error) {
+    // A refused connection and a CORS refusal look the same from here: a TypeError.
+    throw new ApiError(error.name === "TimeoutError" ? "timeout" : "network");
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // Not JSON: a proxy's error page, say. Its text is never shown to the person.
+  }
+  if (!response.ok) {
+    const error = body && typeof body.error === "object" ? body.error : {};
+    throw new ApiError(typeof error.code === "string" ? error.code : "http_error", {
+      status: response.status,
+      serverMessage: typeof error.message === "string" ? error.message : "",
+    });
+  }
+  if (body === null || typeof body !== "object") {
+    throw new ApiError("bad_response", { status: response.status });
+  }
+  return body;
+}

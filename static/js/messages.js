@@ -1,0 +1,58 @@
+// Sentences for people: every way a classification can fail, and the numbers the page shows.
+// The API's own messages are written for curl users ("multipart field 'file'"), so the page
+// has its own sentence for each error code it knows, and falls back to the API's otherwise.
+
+export const FORMATS = "JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC";
+
+const SENTENCES = {
+  payload_too_large: ({ maxUploadBytes }) =>
+    `This file is too large${maxUploadBytes ? `: the limit is ${humanSize(maxUploadBytes)}` : ""}. Choose a smaller image.`,
+  image_too_large: () => "This image has too many pixels for the classifier. Try a smaller copy of it.",
+  not_an_image: () => `This file is not an image the classifier can read. Choose a picture: ${FORMATS}.`,
+  unsupported_type: () => `This kind of file is not supported. Choose a ${FORMATS} image.`,
+  empty_file: () => "This file is empty. Choose another image.",
+  missing_file: () => "The image did not reach the classifier. Try again.",
+  model_not_ready: () => "The classifier is still starting up. Try again in a few seconds.",
+  not_found: ({ apiLabel }) => `There is no classifier at ${apiLabel}. Check the API address.`,
+  method_not_allowed: ({ apiLabel }) => `There is no classifier at ${apiLabel}. Check the API address.`,
+  network: ({ apiLabel, pageOrigin }) =>
+    `Could not reach the classifier at ${apiLabel}. It may be offline, or it may not accept requests from this page (${pageOrigin}).`,
+  timeout: () => "The classifier took too long to answer. Try again, or try a smaller image.",
+  internal_error: () => "The classifier failed on this image. Try again, or try another image.",
+  bad_response: () => "The classifier sent an answer this page cannot read. Try again later.",
+  bad_api_base: (_, error) => `The API address "${error.serverMessage}" is not a web address (http:// or https://).`,
+};
+
+/** One sentence a person can act on, for an ApiError; never the server's raw text or a trace. */
+export function describeError(error, context) {
+  const sentence = SENTENCES[error.code];
+  if (sentence) return sentence(context, error);
+  if (error.serverMessage) return error.serverMessage;
+  if (error.status >= 500) return `The classifier is having trouble (HTTP ${error.status}). Try again later.`;
+  if (error.status) return `The classifier refused this image (HTTP ${error.status}).`;
+  return "Something went wrong while classifying this image. Try again.";
+}
+
+export function humanSize(bytes) {
+  if (bytes < 1024) return `${bytes} bytes`;
+  if (bytes < 1024 * 1024) return `${formatNumber(bytes / 1024)} KB`;
+  return `${formatNumber(bytes / (1024 * 1024))} MB`;
+}
+
+export function formatPercent(score) {
+  if (score > 0 && score < 0.001) return "<0.1%";
+  return `${(score * 100).toFixed(1)}%`;
+}
+
+export function formatDuration(ms) {
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+/** A class name as people read it: "mobile_home_park" becomes "mobile home park". */
+export function displayLabel(label) {
+  return label.replace(/[_-]+/g, " ");
+}
+
+function formatNumber(value) {
+  return Number.isInteger(value) ? String(value) : value.toFixed(1);
+}

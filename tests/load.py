@@ -1,0 +1,160 @@
+"""Load for tests against a real server: client threads that send requests and note every outcome,
+and what gunicorn's processes look like (their ids, their memory) from /proc."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+BOUNDARY = "----load-boundary-5b1e"
+
+
+def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body with one part per (field, bytes), and its Content-Type."""
+    body = b"".join(
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="f{i}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"
+        for i, (name, data) in enumerate(files)
+    )
+    return body + f"--{BOUNDARY}--\r\n".encode(), f"multipart/form-data; boundary={BOUNDARY}"
+
+
+@dataclass
+class Outcome:
+    """One request: its status and parsed body, or the error that stopped it."""
+
+    kind: str
+    started: float
+    finished: float
+    status: int | None = None
+    body: object = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status is not None
+
+
+def send(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 60) -> tuple[int, object]:
+    """One request on a fresh connection (the sync worker closes each): (status, JSON or bytes)."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        raw = response.read()
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            return response.status, raw
+    finally:
+        connection.close()
+
+
+@dataclass
+class Load:
+    """Client threads that repeat ``request(thread_index, count)`` until stopped or done.
+
+    ``request`` returns (kind, status, body); an exception is noted as a failed request.
+    """
+
+    request: Callable[[int, int], tuple[str, int, object]]
+    threads: int = 4
+    total: int | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._workers = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.threads)]
+
+    def __enter__(self) -> "Load":
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=120)
+
+    def wait(self, timeout: float = 600) -> None:
+        """Wait until ``total`` requests have been sent."""
+        for worker in self._workers:
+            worker.join(timeout=timeout)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.outcomes)
+
+    def failures(self) -> list[Outcome]:
+        with self._lock:
+            return [outcome for outcome in self.outcomes if not outcome.ok]
+
+    def _next_index(self) -> int | None:
+        with self._lock:
+            index = len(self.outcomes) + self._in_flight
+            if self.total is not None and index >= self.total:
+                return None
+            self._in_flight += 1
+            return index
+
+    def _run(self, thread_index: int) -> None:
+        while not self._stop.is_set():
+            index = self._next_index()
+            if index is None:
+                return
+            started = time.monotonic()
+            try:
+                kind, status, body = self.request(thread_index, index)
+                outcome = Outcome(kind, started, time.monotonic(), status=status, body=body)
+            except Exception as error:  # a dropped connection is what some tests count
+                outcome = Outcome("error", started, time.monotonic(), error=f"{type(error).__name__}: {error}")
+            with self._lock:
+                self._in_flight -= 1
+                self.outcomes.append(outcome)
+
+
+def worker_pids(master_pid: int) -> set[int]:
+    """gunicorn's workers: the master's child processes."""
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children")
+    return {int(pid) for pid in children.read_text().split()}
+
+
+def wait_for_workers(master_pid: int, count: int, exclude: set[int] = frozenset(), timeout: float = 90) -> set[int]:
+    """Wait until the master has ``count`` workers, none of them in ``exclude``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = worker_pids(master_pid)
+        if len(pids) == count and not pids & set(exclude):
+            return pids
+        time.sleep(0.1)
+    raise TimeoutError(f"gunicorn has workers {worker_pids(master_pid)}, wanted {count} new ones")
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """Resident memory (RSS) and proportional set size (PSS: shared pages split) in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    pss_kb = int(next(line.split()[1] for line in rollup.splitlines() if line.startswith("Pss:")))
+    return {"rss_mb": round(rss_kb / 1024, 1), "pss_mb": round(pss_kb / 1024, 1)}
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 180, what: str = "the condition") -> None:
+    """Poll ``condition``; fail the test rather than hang if it never holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:.0f}s")
+        time.sleep(0.05)

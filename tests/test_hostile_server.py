@@ -1,0 +1,207 @@
+"""Hostile clients against the real Procfile gunicorn: slow ones, huge bodies, raw garbage.
+
+gunicorn's timeout is set to 6 s here, so a client has 4 s to send its request
+(web/worker.py). After each attack the same two workers must still be there (none was
+killed) and a normal request must be answered.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .conftest import image_bytes
+from .load import send, wait_for_workers, worker_pids
+from .servers import procfile_server
+
+pytestmark = pytest.mark.slow
+
+GUNICORN_TIMEOUT = 6
+RED = image_bytes("PNG", colour=(255, 0, 0))
+UPLOAD_LIMIT_MB = 20  # the default MAX_UPLOAD_MB
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_path):
+    log = tmp_path_factory.mktemp("hostile") / "gunicorn.log"
+    env = {"MODEL_PATH": str(tiny_model_path), "GUNICORN_TIMEOUT": str(GUNICORN_TIMEOUT)}
+    with procfile_server(env=env, log_path=log) as (url, master):
+        workers = wait_for_workers(master.pid, 2)
+        yield url, master, workers, log
+
+
+def address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def assert_unharmed(server):
+    """The same workers as at the start (none killed or stuck) and a normal answer."""
+    url, master, workers, log = server
+    status, body = send(url, "POST", "/predict", RED, {"Content-Type": "image/png"})
+    assert status == 200 and body["label"] == "red"
+    assert worker_pids(master.pid) == workers, log.read_text()[-3000:]
+    assert "WORKER TIMEOUT" not in log.read_text()
+
+
+def read_response(sock: socket.socket) -> bytes:
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return b"".join(chunks)
+
+
+class SlowClient(threading.Thread):
+    """Sends ``at_once``, then ``slowly`` one byte every ``pause`` seconds, then reads the answer."""
+
+    def __init__(self, url: str, at_once: bytes, slowly: bytes, pause: float = 0.5):
+        super().__init__(daemon=True)
+        self.url, self.at_once, self.slowly, self.pause = url, at_once, slowly, pause
+        self.finished_sending = False
+        self.answer: bytes | None = None
+
+    def run(self):
+        with socket.create_connection(address(self.url), timeout=30) as sock:
+            try:
+                sock.sendall(self.at_once)
+                for byte in self.slowly:
+                    sock.sendall(bytes([byte]))
+                    time.sleep(self.pause)
+                self.finished_sending = True
+            except OSError:  # the server gave up on us: what it said is in the socket
+                pass
+            self.answer = read_response(sock)
+
+
+PREDICT_HEAD = (
+    "POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
+    f"Content-Length: {len(RED)}\r\n\r\n"
+).encode()
+
+
+def test_a_slow_client_holds_one_worker_and_the_other_serves_meanwhile(server):
+    url = server[0]
+    slow = SlowClient(url, PREDICT_HEAD, RED)
+    slow.start()
+    time.sleep(1)
+    # The slow client needs 4 s before its deadline; meanwhile the other worker answers.
+    for _ in range(3):
+        status, body = send(url, "POST", "/predict", RED, {"Content-Type": "image/png"})
+        assert status == 200 and body["label"] == "red"
+    assert slow.is_alive(), "the slow client was cut off before the others were served"
+    slow.join(60)
+    assert not slow.finished_sending
+    assert slow.answer.startswith(b"HTTP/1.1 408"), slow.answer[:200]
+    assert b'"code":"request_timeout"' in slow.answer
+    assert_unharmed(server)
+
+
+def test_slow_clients_on_every_worker_are_cut_at_the_deadline_and_others_then_served(server):
+    url = server[0]
+    slow_headers = SlowClient(url, b"", PREDICT_HEAD + RED)
+    slow_body = SlowClient(url, PREDICT_HEAD, RED)
+    slow_headers.start()
+    slow_body.start()
+    time.sleep(1)
+    # Both workers are held; a normal client waits in the queue until a deadline frees one.
+    assert [send(url, "GET", "/health")[0] for _ in range(3)] == [200, 200, 200]
+    slow_headers.join(60)
+    slow_body.join(60)
+    assert not slow_headers.finished_sending and not slow_body.finished_sending
+    # Stalled headers: the connection is closed without an answer; a stalled body: 408.
+    assert slow_headers.answer == b""
+    assert slow_body.answer.startswith(b"HTTP/1.1 408"), slow_body.answer[:200]
+    assert_unharmed(server)
+
+
+def raw_exchange(url: str, data: bytes) -> bytes:
+    """Send ``data``, close our side (so the server sees where it ends), read the answer."""
+    with socket.create_connection(address(url), timeout=30) as sock:
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the server answered and closed before taking it all
+            pass
+        return read_response(sock)
+
+
+@pytest.mark.parametrize("claimed", [(UPLOAD_LIMIT_MB + 5) * 2**20, 10**15])
+def test_a_body_claiming_more_than_the_limit_is_413_before_it_is_sent(server, claimed):
+    url = server[0]
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\nContent-Length: {claimed}\r\n\r\n"
+    ).encode()
+    # Only the first megabyte is sent: the answer must not wait for the rest.
+    answer = raw_exchange(url, head + b"\xff\xd8\xff" + bytes(2**20))
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"code":"payload_too_large"' in answer
+    assert_unharmed(server)
+
+
+def multipart_part(data: bytes, boundary: str = "b0undary") -> bytes:
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n\r\n'
+    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+
+
+OVER_THE_LIMIT = b"\xff\xd8\xff" + bytes((UPLOAD_LIMIT_MB + 1) * 2**20)
+
+
+@pytest.mark.parametrize("content_type", ["image/jpeg", "multipart/form-data; boundary=b0undary"])
+def test_a_streamed_body_over_the_limit_is_413(server, content_type):
+    """Chunked: no Content-Length to check first, so the limit applies as the body is read."""
+    url = server[0]
+    body = OVER_THE_LIMIT if content_type == "image/jpeg" else multipart_part(OVER_THE_LIMIT)
+    head = f"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    step = 2**20
+    chunks = b"".join(b"%x\r\n" % len(body[i : i + step]) + body[i : i + step] + b"\r\n" for i in range(0, len(body), step))
+    answer = raw_exchange(url, head.encode() + chunks + b"0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert b'"code":"payload_too_large"' in answer
+    assert_unharmed(server)
+
+
+def test_a_streamed_image_under_the_limit_is_classified(server):
+    url = server[0]
+    head = b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer = raw_exchange(url, head + b"%x\r\n" % len(RED) + RED + b"\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200") and b'"label":"red"' in answer, answer[:300]
+
+
+def test_a_huge_multipart_upload_is_413(server):
+    url = server[0]
+    body = multipart_part(OVER_THE_LIMIT)
+    head = (
+        "POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=b0undary\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    answer = raw_exchange(url, head + body)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert b'"code":"payload_too_large"' in answer
+    assert_unharmed(server)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    garbage=st.one_of(
+        st.binary(min_size=1, max_size=2048),
+        st.builds(lambda line, rest: line + b"\r\n" + rest + b"\r\n\r\n", st.sampled_from([b"POST /predict HTTP/1.1", b"GET /health HTTP/1.1", b"POST /predict/batch HTTP/1.0"]), st.binary(max_size=512)),
+    )
+)
+def test_random_bytes_on_the_socket(server, garbage):
+    """Whatever arrives on the wire: a 4xx, a correct answer, or a closed connection; never 5xx."""
+    answer = raw_exchange(server[0], garbage)
+    if answer:
+        status_line = answer.split(b"\r\n", 1)[0]
+        assert status_line.startswith(b"HTTP/1."), answer[:200]
+        status = int(status_line.split()[1])
+        assert status < 500, answer[:300]
+    assert_unharmed(server)

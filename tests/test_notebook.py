@@ -1,0 +1,74 @@
+"""The training notebook runs headless, top to bottom, and writes a model the service accepts."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import papermill
+import pytest
+
+from classifier.model import load_model
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+NOTEBOOK = ROOT / "train_notebook.ipynb"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, data_dir):
+    """One epoch on four images per class: minutes of training cut to seconds."""
+    out = tmp_path_factory.mktemp("notebook")
+    model_path = out / "model.zip"
+    papermill.execute_notebook(
+        str(NOTEBOOK),
+        str(out / "executed.ipynb"),
+        parameters={
+            "data_dir": str(data_dir / "ucmerced"),
+            "images_per_class": 4,
+            "epochs": 1,
+            "threads": 1,
+            "output_path": str(model_path),
+            "model_version": "0.0.0-test",
+        },
+        cwd=str(ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    return nbformat.read(out / "executed.ipynb", as_version=4), model_path
+
+
+def test_notebook_has_a_papermill_parameters_cell():
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    tagged = [cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    for name in ("data_dir", "epochs", "images_per_class", "seed", "output_path", "fine_tune"):
+        assert f"{name} =" in tagged[0].source
+
+
+def test_quick_run_executes_every_cell_without_error(quick_run):
+    executed, _ = quick_run
+    code_cells = [cell for cell in executed.cells if cell.cell_type == "code"]
+    assert all(cell.get("execution_count") for cell in code_cells)
+    errors = [out for cell in code_cells for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+    assert not errors, errors
+    text = "".join(out.get("text", "") for cell in code_cells for out in cell.get("outputs", []))
+    assert "notebook vs service: top-1 agreement 100%" in text
+
+
+def test_quick_run_writes_a_model_file_under_the_contract(quick_run, data_dir):
+    _, model_path = quick_run
+    model = load_model(model_path)  # the service's own contract check
+    classes = sorted(p.name for p in (data_dir / "ucmerced").iterdir() if p.is_dir())
+    assert list(model.labels) == classes
+    meta = model.meta
+    assert meta["version"] == "0.0.0-test" and meta["classes"] == len(classes)
+    assert meta["input_size"] == [224, 224]
+    for key in ("name", "dataset", "created", "revision", "metrics", "training"):
+        assert meta[key], key
+    assert meta["metrics"]["val_images"] == len(classes)  # one of four per class held out
+    assert 0.0 <= meta["metrics"]["val_accuracy"] <= 1.0
+    assert meta["training"]["epochs"] == 1
+    json.dumps(meta)  # plain JSON all the way down

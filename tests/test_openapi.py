@@ -1,0 +1,113 @@
+"""The OpenAPI document at GET /openapi.json describes the app, and Schemathesis checks it.
+
+Schemathesis's own CLI runs against the real Procfile gunicorn: it generates requests from
+the document (valid ones and, in negative mode, ones the document rules out) and fails on
+any server error or any answer the document does not allow (status, content type, body
+schema, headers, methods). It runs once with the API open and once with API_KEY set, where
+it also checks that a request without the key is refused.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+
+from .conftest import ROOT, TINY_LABELS
+from .load import send
+from .servers import procfile_server
+
+KEY = "schemathesis-key-0123456789"
+
+
+def documented_operations(document: dict) -> set[tuple[str, str]]:
+    return {(path, method) for path, operations in document["paths"].items() for method in operations}
+
+
+def app_routes(app) -> set[tuple[str, str]]:
+    return {
+        (rule.rule, method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+
+
+def test_every_route_is_documented_and_nothing_else(app, client):
+    document = client.get("/openapi.json").get_json()
+    assert document["openapi"].startswith("3.")
+    assert documented_operations(document) == app_routes(app)
+    assert {("/predict", "post"), ("/predict/batch", "post"), ("/health", "get"), ("/model", "get")} <= app_routes(app)
+
+
+def test_every_prediction_error_is_documented(client):
+    document = client.get("/openapi.json").get_json()
+    for path in ("/predict", "/predict/batch"):
+        responses = document["paths"][path]["post"]["responses"]
+        assert {"200", "400", "401", "408", "413", "415", "503"} <= set(responses)
+
+
+def test_the_document_states_this_apps_limits_and_labels(tiny_model_path):
+    app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_model_path), "MAX_BATCH_FILES": 7})
+    document = app.test_client().get("/openapi.json").get_json()
+    batch = document["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert batch["schema"]["properties"]["file"]["maxItems"] == 7
+    top = document["components"]["parameters"]["top"]["schema"]
+    assert top["maximum"] == len(TINY_LABELS)
+    assert document["components"]["schemas"]["LabelScore"]["properties"]["label"]["enum"] == TINY_LABELS
+    assert "security" not in document["paths"]["/predict"]["post"]
+
+
+def test_with_an_api_key_the_document_says_predict_needs_it(tiny_model_path):
+    app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_model_path), "API_KEY": KEY})
+    document = app.test_client().get("/openapi.json").get_json()
+    for path in ("/predict", "/predict/batch"):
+        assert document["paths"][path]["post"]["security"] == [{"bearerAuth": []}, {"apiKeyHeader": []}]
+    assert "security" not in document["paths"]["/health"]["get"]
+
+
+def run_schemathesis(url: str, report_dir: Path, cwd: Path, headers: list[str] = ()) -> subprocess.CompletedProcess:
+    command = [
+        str(Path(sys.executable).parent / "schemathesis"),
+        "--config-file", str(ROOT / "tests" / "schemathesis.toml"),
+        "run", f"{url}/openapi.json",
+        "--checks", "all",
+        # Random bytes fit the document's `format: binary` but are not images, so a valid
+        # request may rightly get 400: "valid data must be accepted" cannot hold here.
+        "--exclude-checks", "positive_data_acceptance",
+        "--mode", "all",
+        "--max-examples", "150",
+        "--workers", "2",
+        "--no-color",
+        "--report", "junit", "--report-dir", str(report_dir),
+    ]
+    for header in headers:
+        command += ["--header", header]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("api_key", [None, KEY], ids=["open", "with-api-key"])
+def test_schemathesis_finds_no_failure(tmp_path, tiny_model_path, api_key):
+    env = {"MODEL_PATH": str(tiny_model_path)}
+    if api_key:
+        env["API_KEY"] = api_key
+    report_dir = ROOT / "test-results" / f"schemathesis-{'with-api-key' if api_key else 'open'}"
+    shutil.rmtree(report_dir, ignore_errors=True)  # only this run's report
+    with procfile_server(env=env, log_path=tmp_path / "gunicorn.log") as (url, _):
+        operations = documented_operations(send(url, "GET", "/openapi.json")[1])
+        result = run_schemathesis(url, report_dir, cwd=tmp_path, headers=[f"X-API-Key: {api_key}"] if api_key else [])
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-8000:]
+    # Every generated case passed (a warning that random bytes are mostly refused is fine).
+    assert re.search(r"(\d+) generated, \1 passed", output), output[-3000:]
+    # Every operation was exercised but the document's own (Schemathesis leaves it out).
+    assert f"{len(operations) - 1} selected / {len(operations) - 1} total" in output, output[:2000]
+    log = (tmp_path / "gunicorn.log").read_text()
+    assert "Traceback" not in log, log[-5000:]

@@ -1,0 +1,130 @@
+"""Image folders in, tensors out: find the classes, split them, load and augment the images."""
+
+from __future__ import annotations
+
+import random
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from classifier.images import load_image_file, resize_for_model
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
+
+
+@dataclass(frozen=True)
+class Split:
+    """A seeded, stratified split of an image folder: file paths and class indices."""
+
+    classes: tuple[str, ...]
+    train_files: tuple[Path, ...]
+    train_targets: tuple[int, ...]
+    val_files: tuple[Path, ...]
+    val_targets: tuple[int, ...]
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.classes)} classes, {len(self.train_files)} training and "
+            f"{len(self.val_files)} validation images"
+        )
+
+
+def resolve_data_dir(path: str | Path, extract_to: str | Path = "runs/data") -> Path:
+    """The folder of ``<class>/<image>`` to train on, from a folder or the UC Merced zip.
+
+    The public archive ``UCMerced_LandUse.zip`` holds ``UCMerced_LandUse/Images/<class>/``;
+    it is extracted once and the folder whose children are the classes is returned.
+    """
+    path = Path(path)
+    if path.is_file() and zipfile.is_zipfile(path):
+        target = Path(extract_to) / path.stem
+        if not target.is_dir():
+            with zipfile.ZipFile(path) as archive:
+                archive.extractall(target)
+        path = target
+    if not path.is_dir():
+        raise FileNotFoundError(f"No data set at {path}: give a folder of <class>/<image> or a zip.")
+    return _find_class_root(path)
+
+
+def _find_class_root(path: Path) -> Path:
+    """Walk down single-folder wrappers (archive/Images/...) to the folder of class folders."""
+    for candidate in [path, *sorted(p for p in path.rglob("*") if p.is_dir())]:
+        subfolders = [p for p in candidate.iterdir() if p.is_dir()]
+        if len(subfolders) >= 2 and all(_image_files(folder) for folder in subfolders):
+            return candidate
+    raise FileNotFoundError(f"{path} holds no folders of images (<class>/<image>).")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def stratified_split(
+    data_dir: str | Path,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    images_per_class: int | None = None,
+) -> Split:
+    """Split every class the same way: shuffle with ``seed``, hold out ``val_fraction``."""
+    root = Path(data_dir)
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and _image_files(p)))
+    rng = random.Random(seed)
+    train, val = [], []
+    for index, name in enumerate(classes):
+        files = _image_files(root / name)
+        rng.shuffle(files)
+        if images_per_class:
+            files = files[:images_per_class]
+        if len(files) < 2:
+            raise ValueError(f"Class {name!r} has {len(files)} image(s); a split needs 2 or more.")
+        held_out = min(len(files) - 1, max(1, round(len(files) * val_fraction)))
+        val += [(f, index) for f in files[:held_out]]
+        train += [(f, index) for f in files[held_out:]]
+    return Split(
+        classes=classes,
+        train_files=tuple(f for f, _ in train),
+        train_targets=tuple(t for _, t in train),
+        val_files=tuple(f for f, _ in val),
+        val_targets=tuple(t for _, t in val),
+    )
+
+
+def load_images(files: Sequence[Path]) -> torch.Tensor:
+    """Decode and resize with the service's own code; N×3×224×224 uint8, kept in memory."""
+    # The same steps as classifier.images.to_tensor, stopping before the float conversion
+    # so that the whole data set fits in memory four times smaller.
+    arrays = [np.asarray(resize_for_model(load_image_file(f)), dtype=np.uint8) for f in files]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Label-preserving changes for overhead imagery; uint8 N×3×H×W in, float [0, 1] out.
+
+    Seen from above, a scene has no "up": the eight flips and quarter turns are all real
+    views. Mild crops and lighting changes stand in for other flights over the same place.
+    """
+    out = images.float().div_(255)
+    size = out.shape[-2:]
+    for i in range(out.shape[0]):
+        picture = out[i]
+        turns = int(torch.randint(4, (1,), generator=generator))
+        picture = torch.rot90(picture, turns, dims=(1, 2))
+        if torch.rand(1, generator=generator) < 0.5:
+            picture = picture.flip(2)
+        scale = float(torch.empty(1).uniform_(0.75, 1.0, generator=generator))
+        crop = [max(8, int(s * scale)) for s in size]
+        top = int(torch.randint(size[0] - crop[0] + 1, (1,), generator=generator))
+        left = int(torch.randint(size[1] - crop[1] + 1, (1,), generator=generator))
+        picture = picture[:, top : top + crop[0], left : left + crop[1]]
+        picture = F.interpolate(picture[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        brightness = float(torch.empty(1).uniform_(0.9, 1.1, generator=generator))
+        contrast = float(torch.empty(1).uniform_(0.9, 1.1, generator=generator))
+        mean = picture.mean()
+        out[i] = ((picture - mean) * contrast + mean * brightness).clamp_(0, 1)
+    return out

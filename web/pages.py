@@ -1,0 +1,39 @@
+"""The browser page: GET / renders templates/index.html; its JS and CSS are in static/."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, render_template
+
+pages = Blueprint("pages", __name__)
+
+# Everything the page loads comes from this app ('self'); it sends images to the API, which
+# may be another origin (?api=, API_BASE), so fetch may go to any http(s) origin. Previews
+# are blob: URLs of the chosen files.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "connect-src 'self' http: https:",
+        "img-src 'self' blob: data:",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+
+@pages.get("/")
+def index():
+    return render_template(
+        "index.html",
+        api_base=current_app.config["API_BASE"],
+        max_upload_bytes=current_app.config["MAX_CONTENT_LENGTH"],
+    )
+
+
+@pages.after_request
+def add_security_headers(response):
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
