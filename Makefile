@@ -24,7 +24,7 @@ test: $(VENV)/.dev-installed $(CHROMIUM)
 test-deploy: $(VENV)/.dev-installed
 	$(VENV)/bin/python -m pytest -m deploy $(PYTEST_ARGS)
 
-# The benchmark (bench/README.md): every contender side by side, about 10 minutes; it
+# The benchmark (bench/README.md): every contender side by side, about 4 minutes here; it
 # rewrites bench/RESULTS.md, bench/results.json and bench/results.png.
 bench: $(VENV)/.dev-installed
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
