@@ -11,7 +11,7 @@ PIP = $(VENV)/bin/pip install --retries $(PIP_RETRIES) --disable-pip-version-che
 export CHROMIUM ?= /usr/bin/chromium
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test test-deploy bench install install-dev
+.PHONY: run test test-deploy bench install install-dev variants vendor
 
 run: $(VENV)/.run-installed
 	PORT=$(PORT) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sh -c "$$(sed -n 's/^web: //p' Procfile)"
@@ -47,3 +47,17 @@ $(CHROMIUM):
 	@command -v apt-get >/dev/null || { echo "The browser tests need Chromium at $(CHROMIUM): install it, or set CHROMIUM=/path/to/chromium."; exit 1; }
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-dejavu-core
+
+# The model's other forms (ONNX for the browser, int8) and docs/model-variants.md, from model.zip.
+variants: $(VENV)/.dev-installed
+	$(VENV)/bin/python -m training.variants
+
+# The page's copy of onnxruntime-web, re-created from vendor/package-lock.json. Its files are
+# committed, since a git-push platform's Python build does not run npm; only this needs npm.
+ORT_WEB = static/vendor/onnxruntime-web
+ORT_WEB_FILES = ort.wasm.bundle.min.mjs ort-wasm-simd-threaded.wasm
+vendor:
+	cd vendor && npm ci --ignore-scripts --no-audit --no-fund
+	mkdir -p $(ORT_WEB)
+	cd vendor/node_modules/onnxruntime-web/dist && cp $(ORT_WEB_FILES) $(CURDIR)/$(ORT_WEB)/
+	cd $(ORT_WEB) && { node -p '"onnxruntime-web " + require("$(CURDIR)/vendor/node_modules/onnxruntime-web/package.json").version + " from npm (vendor/package-lock.json), by make vendor"'; sha256sum $(ORT_WEB_FILES); } > VERSION

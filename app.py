@@ -17,6 +17,7 @@ from classifier.pipeline import Classifier
 from web import access_log, metrics
 from web.api import EXTENSION_KEY, api
 from web.cli import register_commands
+from web.device import device
 from web.errors import register_error_handlers
 from web.pages import pages
 from web.settings import check_settings, settings_from_env
@@ -38,6 +39,7 @@ def create_app(config: dict | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(pages)
+    app.register_blueprint(device)
     register_commands(app)
 
     if app.config["LOAD_MODEL"]:

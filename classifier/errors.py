@@ -49,3 +49,14 @@ class ModelContractError(Exception):
 class TooManyFiles(InputError):
     status = 413
     code = "too_many_files"
+
+
+class DeviceModelUnavailable(Exception):
+    """No ONNX copy of the served model for the browser: missing, or made from another model."""
+
+    status = 404
+    code = "device_model_unavailable"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from .errors import ModelContractError
 from .images import INPUT_SIZE
 
 META_FILE = "meta.json"
+# meta.json key of an int8 model file: the quantized engine its weights were packed for.
+QUANTIZED_ENGINE = "quantized_engine"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ def load_model(path: str | Path, warmup_runs: int = 3) -> LoadedModel:
     if not path.is_file():
         raise ModelContractError(f"Model file not found: {path}")
     started = time.perf_counter()
+    _use_quantized_engine(read_meta(path), path)
     extra_files = {META_FILE: ""}
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
@@ -72,6 +76,35 @@ def load_model(path: str | Path, warmup_runs: int = 3) -> LoadedModel:
         path=str(path),
         load_seconds=time.perf_counter() - started,
     )
+
+
+def read_meta(path: str | Path) -> dict:
+    """A model file's meta.json without loading the model (TorchScript files are zip files)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"/extra/{META_FILE}")]
+            raw = archive.read(names[0]) if names else b""
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return {}  # torch.jit.load says what is wrong with the file
+    return _read_meta(raw, Path(path))
+
+
+def _use_quantized_engine(meta: dict, path: Path) -> None:
+    """Select the quantized engine an int8 file was made for, before loading it.
+
+    torch re-packs int8 weights for the engine selected when the file is loaded, and one
+    engine's packing run by another gives wrong answers (see training/torchscript_int8.py).
+    The setting is process-wide; a process serves one model, and float models ignore it.
+    """
+    engine = meta.get(QUANTIZED_ENGINE)
+    if not engine:
+        return
+    if engine not in torch.backends.quantized.supported_engines:
+        raise ModelContractError(
+            f"{path} is an int8 model for the {engine!r} quantized engine, which this torch "
+            f"build lacks (it has {', '.join(torch.backends.quantized.supported_engines)})."
+        )
+    torch.backends.quantized.engine = engine
 
 
 def _read_labels(module, path: Path) -> tuple[str, ...]:

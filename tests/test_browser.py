@@ -185,7 +185,7 @@ def test_a_data_set_image_gets_its_label_scores_and_time(open_page, servers, mod
     assert answer["label"] == "airplane"
     expect(status(page)).to_have_text(f"airplane00.jpg: airplane, {percent(answer['score'])}.")
     expect(scores(page)).to_have_text([re.compile(f"^{e['label']}\\s*{re.escape(percent(e['score']))}$") for e in answer["top"]])
-    expect(page.locator("#timing")).to_have_text(re.compile(r"^Answered in (\d+ ms|\d+\.\d s)$"))
+    expect(page.locator("#timing")).to_have_text(re.compile(r"^Answered by the server in (\d+ ms|\d+\.\d s)$"))
     expect(page.get_by_role("img", name="Preview of airplane00.jpg")).to_be_visible()
     bar_widths = page.locator(".score .fill").evaluate_all("fills => fills.map(f => f.getBoundingClientRect().width)")
     assert bar_widths[0] > 0.5 * page.locator(".score .bar").first.bounding_box()["width"]
@@ -263,6 +263,16 @@ def test_keyboard_and_screen_reader_can_use_it(open_page, servers, dataset_jpeg)
 
     chooser.set_input_files(files=TEXT_FILE)
     expect(page.get_by_role("alert")).to_contain_text("not an image")
+
+    page.keyboard.press("Tab")
+    on_device = page.get_by_role("switch", name="On this device")
+    expect(on_device).to_be_focused()
+    outline = page.locator("label[for=on-device]").evaluate("label => getComputedStyle(label, '::before').outlineStyle")
+    assert outline == "solid"  # its focus shows on the switch the person sees
+    page.keyboard.press("Space")
+    expect(on_device).to_be_checked()
+    page.keyboard.press("Space")
+    expect(on_device).not_to_be_checked()  # back to the server for what follows
 
     page.keyboard.press("Tab")
     expect(page.get_by_text("What it can recognise")).to_be_focused()

@@ -8,6 +8,7 @@ import nbformat
 import papermill
 import pytest
 
+from classifier.device_model import load_device_model
 from classifier.model import load_model
 
 from .conftest import ROOT
@@ -72,3 +73,12 @@ def test_quick_run_writes_a_model_file_under_the_contract(quick_run, data_dir):
     assert 0.0 <= meta["metrics"]["val_accuracy"] <= 1.0
     assert meta["training"]["epochs"] == 1
     json.dumps(meta)  # plain JSON all the way down
+
+
+def test_quick_run_measures_the_variants_beside_its_model(quick_run):
+    _, model_path = quick_run
+    table = model_path.with_name("model-variants.md").read_text()  # not the repository's docs/
+    for variant in ("TorchScript float32", "ONNX float32", "ONNX int8", "TorchScript int8"):
+        assert f"| {variant}" in table
+    assert load_device_model(model_path.with_suffix(".onnx"), model_path)  # the browser's copy matches
+    assert load_model(model_path.with_name("model-int8.zip")).meta["quantized_engine"] == "onednn"

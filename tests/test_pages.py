@@ -123,7 +123,9 @@ def test_page_controls_are_labelled_and_results_are_announced(page):
     labels = {attrs.get("for") for tag, attrs in page.elements if tag == "label"}
     inputs = [attrs for tag, attrs in page.elements if tag == "input"]
     assert inputs and all(attrs["id"] in labels for attrs in inputs)
-    assert all(attrs["accept"] == "image/*" for attrs in inputs)
+    file_inputs = [attrs for attrs in inputs if attrs["type"] == "file"]
+    assert len(file_inputs) == 2 and all(attrs["accept"] == "image/*" for attrs in file_inputs)
+    assert page.by_id("on-device")[1]["role"] == "switch"  # a checkbox announced as a switch
     assert page.by_id("camera-input")[1]["capture"] == "environment"
     assert page.by_id("status")[1]["aria-live"] == "polite"
     assert page.by_id("error")[1]["role"] == "alert"

@@ -1,12 +1,23 @@
-"""Commands for people and CI: ``flask --app app check-model PATH`` and ``swap-model PATH``."""
+"""Commands for people and CI: ``flask --app app check-model PATH``, ``swap-model PATH`` and
+``predict PATH...``."""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from pathlib import Path
+
 import click
+import torch
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-from classifier.errors import ModelContractError
+from classifier.batch import WRITERS, classify_files, find_images
+from classifier.errors import InvalidParameter, ModelContractError
+from classifier.pipeline import Classifier
+
+from .api import EXTENSION_KEY
 from classifier.model_update import (
     check_model_file,
     gunicorn_master_pid,
@@ -18,6 +29,7 @@ from classifier.model_update import (
 def register_commands(app: Flask) -> None:
     app.cli.add_command(check_model_command)
     app.cli.add_command(swap_model_command)
+    app.cli.add_command(predict_command)
 
 
 @click.command("check-model")
@@ -69,3 +81,83 @@ def swap_model_command(path: str, pid: int | None, pidfile: str | None) -> None:
         f"swapped: {served} is now {model.name} {model.version}; gunicorn (pid {master}) is "
         "replacing its workers. GET /health reports the version each worker serves."
     )
+
+
+# Measured on the 1280 UC Merced images (bench/batch-results.md): on a CPU, this model's
+# time per image grows with the batch (its activations outgrow the caches), so the command
+# gets its throughput from running batches side by side, one per core, while threads decode.
+DEFAULT_BATCH_SIZE = 1
+
+
+@click.command("predict")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "output_format", type=click.Choice(sorted(WRITERS)), default="csv", show_default=True,
+              help="CSV (a header, one row per file) or JSON lines (the API's answer plus \"path\").")
+@click.option("--output", "-o", type=click.File("w", encoding="utf-8"), default="-", show_default=True,
+              help="Where to write the predictions; - is standard output.")
+@click.option("--top", "top", default=None, help="How many classes per image, best first.  [default: the API's, 5]")
+@click.option("--batch-size", type=click.IntRange(1, 512), default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="Images per forward pass of the model.")
+@click.option("--workers", type=click.IntRange(1, 64), default=min(4, os.cpu_count() or 1), show_default=True,
+              help="Threads that read and decode images while the model runs.")
+@click.option("--lanes", type=click.IntRange(1, 64), default=None,
+              help="Batches the model runs at once, one core each.  [default: TORCH_THREADS, all cores]")
+@with_appcontext
+def predict_command(paths, output_format, output, top, batch_size, workers, lanes) -> None:
+    """Classify image files and folders (recursively) with the served model.
+
+    Writes one line per file to --output. A file that cannot be read is reported on
+    standard error, with its reason in the output, and the others go on; the exit status is
+    1 only if no file could be classified.
+    """
+    classifier = _classifier()
+    try:
+        top_k = classifier.parse_top_k(top)
+    except InvalidParameter as error:
+        raise click.BadParameter(error.message, param_hint="--top") from error
+    files = find_images(paths)
+    if not files:
+        raise click.ClickException("No image files found in " + ", ".join(map(str, paths)) + ".")
+
+    writer = WRITERS[output_format](output, top_k)
+    stderr = sys.stderr
+    lanes = lanes or current_app.config["TORCH_THREADS"]
+    torch.set_num_threads(1)  # each lane is one core (see classify_files)
+    started, classified = time.perf_counter(), 0
+    results = classify_files(classifier, files, batch_size=batch_size, top_k=top_k, workers=workers, lanes=lanes)
+    # A progress bar only for a person at a terminal; a log or a pipe gets the summary alone.
+    progress = click.progressbar(length=len(files), label="Classifying", file=stderr) if stderr.isatty() else None
+    for result in results:
+        writer.write(result)
+        if result.ok:
+            classified += 1
+        else:
+            message = f"skipped {result.path}: {result.error_message}"
+            click.echo(("\n" if progress else "") + message, err=True)
+        if progress:
+            progress.update(1)
+    if progress:
+        progress.render_finish()
+    output.flush()
+    seconds = time.perf_counter() - started
+    skipped = len(files) - classified
+    click.echo(
+        f"classified {classified} of {len(files)} files in {seconds:.1f}s "
+        f"({classified / seconds:.1f} images/s){f'; {skipped} could not be read' if skipped else ''}",
+        err=True,
+    )
+    if classified == 0:
+        sys.exit(1)
+
+
+def _classifier() -> Classifier:
+    """The app's model; ``flask --app app`` builds the app without loading it, so load it here."""
+    classifier = current_app.extensions.get(EXTENSION_KEY)
+    if classifier is None:
+        classifier = Classifier.setup(
+            current_app.config["MODEL_PATH"],
+            max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
+            threads=current_app.config["TORCH_THREADS"],
+        )
+        current_app.extensions[EXTENSION_KEY] = classifier
+    return classifier

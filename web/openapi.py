@@ -121,6 +121,27 @@ def _paths(app: Flask) -> dict:
                 },
             }
         },
+        "/model.onnx.json": {
+            "get": {
+                "summary": "The manifest of the model's ONNX copy, which the page runs in the browser",
+                "responses": {
+                    "200": _json({"type": "object", "required": ["labels", "sha256", "url"]}, "Labels, hash and URL of model.onnx."),
+                    "404": _ref("responses", "NoDeviceModel"),
+                },
+            }
+        },
+        "/model.onnx": {
+            "get": {
+                "summary": "The served model as ONNX float32, for onnxruntime-web",
+                "responses": {
+                    "200": {
+                        "description": "The ONNX file.",
+                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "404": _ref("responses", "NoDeviceModel"),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "summary": "This document",
@@ -283,6 +304,10 @@ def _components(app: Flask, labels: tuple[str, ...]) -> dict:
                 "unsupported_type: an image format or Content-Type that is not accepted.",
             ),
             "ModelNotReady": _json(_ref("schemas", "Error"), "model_not_ready: retry shortly."),
+            "NoDeviceModel": _json(
+                _ref("schemas", "Error"),
+                "device_model_unavailable: no ONNX copy that matches the served model, or none offered.",
+            ),
         },
         "securitySchemes": {
             "bearerAuth": {"type": "http", "scheme": "bearer"},

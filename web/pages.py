@@ -8,10 +8,12 @@ pages = Blueprint("pages", __name__)
 
 # Everything the page loads comes from this app ('self'); it sends images to the API, which
 # may be another origin (?api=, API_BASE), so fetch may go to any http(s) origin. Previews
-# are blob: URLs of the chosen files.
+# are blob: URLs of the chosen files. The "On this device" path compiles onnxruntime-web's
+# WebAssembly, which needs 'wasm-unsafe-eval' (it allows compiling WebAssembly, not eval).
 CONTENT_SECURITY_POLICY = "; ".join(
     [
         "default-src 'self'",
+        "script-src 'self' 'wasm-unsafe-eval'",
         "connect-src 'self' http: https:",
         "img-src 'self' blob: data:",
         "object-src 'none'",
@@ -28,6 +30,7 @@ def index():
         "index.html",
         api_base=current_app.config["API_BASE"],
         max_upload_bytes=current_app.config["MAX_CONTENT_LENGTH"],
+        device_model=bool(current_app.config["DEVICE_MODEL_PATH"]),
     )
 
 

@@ -41,6 +41,8 @@ def settings_from_env() -> dict:
         # Where the page at / sends images; empty means its own origin.
         "API_BASE": os.environ.get("API_BASE", "").strip().rstrip("/"),
         "LOAD_MODEL": os.environ.get("LOAD_MODEL", "1") not in ("0", "false", "no"),
+        # The ONNX copy of the model that the page can run in the browser; empty: none.
+        "DEVICE_MODEL_PATH": os.environ.get("DEVICE_MODEL_PATH", "model.onnx").strip(),
     }
 
 

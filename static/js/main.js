@@ -2,6 +2,7 @@
 // and keep a history, newest first, that the person can go back to.
 
 import { ApiError, classify, describeModel, resolveApiBase } from "./api.js";
+import { DeviceError, classifyOnDevice, deviceModelReady, loadDeviceModel } from "./device.js";
 import { FORMATS, describeError, humanSize } from "./messages.js";
 import { historyItem, showEntry, showNothing, updateHistoryItem } from "./view.js";
 
@@ -11,6 +12,7 @@ const MODEL_RETRY_MS = 3000;
 const $ = (id) => document.getElementById(id);
 const root = document.documentElement;
 const maxUploadBytes = Number(root.dataset.maxUploadBytes) || 0;
+const deviceManifest = root.dataset.deviceManifest || "";
 const entries = [];
 let selected = null;
 let queue = Promise.resolve(); // one request at a time, in the order the images came
@@ -38,6 +40,8 @@ function enqueue(files) {
       name: file.name || "pasted image",
       previewUrl: URL.createObjectURL(file),
       state: "waiting",
+      // Which path answers is decided when the image arrives, by the switch at that moment.
+      path: onDevice() ? "device" : "server",
       at: new Date(),
     };
     addToHistory(entry);
@@ -49,15 +53,42 @@ async function run(entry, file) {
   entry.state = "pending";
   select(entry);
   try {
-    checkBeforeSending(file);
-    entry.result = await classify(apiBase, file);
+    if (entry.path === "device") {
+      await classifyHere(entry, file);
+    } else {
+      checkBeforeSending(file);
+      entry.result = await classify(apiBase, file);
+    }
     entry.state = "done";
   } catch (error) {
+    const known = error instanceof ApiError || error instanceof DeviceError;
     entry.state = "error";
-    entry.errorText = describeError(error instanceof ApiError ? error : new ApiError("unknown"), context);
-    if (!(error instanceof ApiError)) console.error(error);
+    entry.errorText = describeError(known ? error : new ApiError("unknown"), context);
+    if (!known) console.error(error);
   }
   refresh(entry);
+}
+
+/** The model in this browser: downloaded on first use, with a status line meanwhile. */
+async function classifyHere(entry, file) {
+  if (file.size === 0) throw new ApiError("empty_file");
+  if (!deviceModelReady()) {
+    entry.state = "loading";
+    refresh(entry);
+    await loadDeviceModel(deviceManifest);
+    entry.state = "pending";
+    refresh(entry);
+  }
+  entry.result = await classifyOnDevice(file);
+}
+
+function onDevice() {
+  return Boolean(deviceManifest) && $("on-device").checked;
+}
+
+function describeWhere() {
+  $("footer-server").hidden = onDevice();
+  $("footer-device").hidden = !onDevice();
 }
 
 /** Refuse what the server would refuse anyway, without uploading it. */
@@ -166,6 +197,7 @@ function describeLimits() {
   $("limits").textContent = `${FORMATS}${limit}.`;
   $("api-origin").textContent = apiBase ? new URL(apiBase).host : "this server";
   if (/Mac|iPhone|iPad/.test(navigator.platform)) $("paste-key").textContent = "⌘";
+  if (deviceManifest) $("on-device").addEventListener("change", describeWhere);
 }
 
 describeLimits();

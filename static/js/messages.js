@@ -4,6 +4,8 @@
 
 export const FORMATS = "JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC";
 
+const SERVER_INSTEAD = `Switch off "On this device" to classify on the server.`;
+
 const SENTENCES = {
   payload_too_large: ({ maxUploadBytes }) =>
     `This file is too large${maxUploadBytes ? `: the limit is ${humanSize(maxUploadBytes)}` : ""}. Choose a smaller image.`,
@@ -21,6 +23,16 @@ const SENTENCES = {
   internal_error: () => "The classifier failed on this image. Try again, or try another image.",
   bad_response: () => "The classifier sent an answer this page cannot read. Try again later.",
   bad_api_base: (_, error) => `The API address "${error.serverMessage}" is not a web address (http:// or https://).`,
+  // "On this device": the model in the browser.
+  device_unsupported: () =>
+    `This browser cannot run the model itself (it lacks WebAssembly or OffscreenCanvas). ${SERVER_INSTEAD}`,
+  device_model_unavailable: () => `This server does not offer its model to run on this device at the moment. ${SERVER_INSTEAD}`,
+  device_model_failed: () =>
+    `The model could not be loaded into this browser. Check the connection and try again, or classify on the server: switch off "On this device".`,
+  device_runtime_failed: () =>
+    `The model could not be started in this browser. ${SERVER_INSTEAD}`,
+  device_unreadable: () =>
+    `This browser cannot read this image (TIFF and HEIC often need the server). ${SERVER_INSTEAD}`,
 };
 
 /** One sentence a person can act on, for an ApiError; never the server's raw text or a trace. */

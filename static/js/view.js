@@ -1,5 +1,6 @@
 // Drawing one history entry: its result panel (bars, status, error) and its history row.
-// An entry is {id, name, previewUrl, state: "waiting"|"pending"|"done"|"error", result, errorText, at}.
+// An entry is {id, name, previewUrl, path: "server"|"device",
+//   state: "waiting"|"loading"|"pending"|"done"|"error", result, errorText, at}.
 
 import { displayLabel, formatDuration, formatPercent } from "./messages.js";
 
@@ -10,7 +11,7 @@ export function showEntry(entry) {
   showPreview(entry);
   $("error").textContent = entry.state === "error" ? entry.errorText : "";
   $("status").textContent = statusText(entry);
-  $("timing").textContent = entry.state === "done" ? `Answered in ${formatDuration(entry.result.elapsedMs)}` : "";
+  $("timing").textContent = entry.state === "done" ? `Answered ${pathPhrase(entry.path)} in ${formatDuration(entry.result.elapsedMs)}` : "";
   document.querySelector(".result-panel").setAttribute("aria-busy", String(isBusy(entry)));
   renderScores(entry.state === "done" ? entry.result.top : []);
 }
@@ -23,15 +24,26 @@ export function showNothing() {
 }
 
 function isBusy(entry) {
-  return entry.state === "pending" || entry.state === "waiting";
+  return entry.state === "pending" || entry.state === "waiting" || entry.state === "loading";
+}
+
+/** Which path answered, in words: the server, or this browser. */
+export function pathPhrase(path) {
+  return path === "device" ? "on this device" : "by the server";
+}
+
+function pathName(path) {
+  return path === "device" ? "This device" : "Server";
 }
 
 function statusText(entry) {
   switch (entry.state) {
     case "waiting":
       return `${entry.name} is waiting for the images before it.`;
+    case "loading":
+      return "Loading the model into this browser, once (a download of about 30 MB)…";
     case "pending":
-      return `Classifying ${entry.name}…`;
+      return entry.path === "device" ? `Classifying ${entry.name} on this device…` : `Classifying ${entry.name}…`;
     case "done": {
       const { label, score } = entry.result;
       return `${entry.name}: ${displayLabel(label)}, ${formatPercent(score)}.`;
@@ -44,6 +56,9 @@ function statusText(entry) {
 function renderScores(top) {
   const rows = top.map(({ label, score }, index) => {
     const row = element("li", { className: index === 0 ? "score best" : "score" });
+    // The exact figures, for scripts and tests; people read the rounded percentage.
+    row.dataset.label = label;
+    row.dataset.score = String(score);
     const name = element("span", { className: "score-label", textContent: displayLabel(label) });
     const value = element("span", { className: "score-value", textContent: formatPercent(score) });
     const bar = element("span", { className: "bar" });
@@ -88,6 +103,7 @@ export function historyItem(entry, onSelect) {
   const title = element("span", { className: "history-title" });
   const meta = element("span", { className: "history-meta" });
   text.append(title, meta);
+  button.dataset.path = entry.path;
   button.append(thumb, text);
   button.addEventListener("click", () => onSelect(entry));
   updateHistoryItem(button, entry);
@@ -101,11 +117,12 @@ export function updateHistoryItem(button, entry) {
   const meta = button.querySelector(".history-meta");
   const time = entry.at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
   button.classList.toggle("failed", entry.state === "error");
+  const badge = element("span", { className: "path-badge", textContent: pathName(entry.path) });
   if (entry.state === "done") {
-    title.textContent = `${displayLabel(entry.result.label)} · ${formatPercent(entry.result.score)}`;
+    title.replaceChildren(`${displayLabel(entry.result.label)} · ${formatPercent(entry.result.score)}`, badge);
     meta.textContent = `${entry.name} · ${time} · ${formatDuration(entry.result.elapsedMs)}`;
   } else {
-    title.textContent = entry.state === "error" ? "Not classified" : "Classifying…";
+    title.replaceChildren(entry.state === "error" ? "Not classified" : "Classifying…", badge);
     meta.textContent = `${entry.name} · ${time}`;
   }
 }

@@ -1,0 +1,209 @@
+"""'On this device' in a real browser: Chromium runs model.onnx with onnxruntime-web.
+
+The same page, against the Procfile's gunicorn, classifies data-set images once through the
+server and once in the browser; the answers must agree (same top-1 label, scores within
+0.01). The browser's resizing is checked byte for byte against Pillow's, and the model and
+onnxruntime-web are only downloaded on first use, from the page's own origin.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import Page, expect, sync_playwright
+
+from classifier.images import decode_image, resize_for_model
+
+from .conftest import ROOT
+from .servers import procfile_server
+from .test_browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, page_server
+
+pytestmark = pytest.mark.slow
+
+CHOOSE = re.compile("Choose images")
+PARITY_TOLERANCE = 0.01
+REPORT = ROOT / "test-results" / "device-parity.json"
+SCREENSHOTS = ROOT / "test-results" / "screenshots"
+DEVICE_FILES = re.compile(r"/(model\.onnx(\.json)?|static/vendor/onnxruntime-web/.*)$")
+
+expect.set_options(timeout=60_000)  # the first device answer compiles 14 MB of WebAssembly
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("device") / "gunicorn.log"
+    with procfile_server(log_path=log) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert Path(CHROMIUM).is_file(), f"No Chromium at {CHROMIUM}: `make test` installs it."
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    """A fresh page; afterwards it must have raised no script error and had nothing refused by
+    its Content-Security-Policy (the browser reports those on the console)."""
+    contexts, errors = [], []
+
+    def open_(url: str) -> Page:
+        context = browser.new_context(**DESKTOP)
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda message: errors.append(message.text) if "Content Security Policy" in message.text else None)
+        page.goto(url)
+        expect(page.locator("html")).to_have_attribute("data-ready", "true")
+        contexts.append(context)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert not errors, errors
+
+
+def one_image_per_class(data_dir: Path) -> list[Path]:
+    classes = sorted(path for path in (data_dir / "ucmerced").iterdir() if path.is_dir())
+    return [folder / f"{folder.name}07.jpg" for folder in classes]
+
+
+def switch(page: Page):
+    return page.get_by_role("switch", name="On this device")
+
+
+def classify(page: Page, path: Path, where: str) -> list[tuple[str, float]]:
+    """Choose ``path`` on the page and read the answer it shows: (label, exact score) best first."""
+    page.get_by_label(CHOOSE).set_input_files(path)
+    expect(page.get_by_role("status")).to_have_text(re.compile(rf"^{re.escape(path.name)}: "))
+    expect(page.locator("#timing")).to_have_text(re.compile(rf"^Answered {where} in "))
+    rows = page.locator("#scores li").evaluate_all("rows => rows.map(r => [r.dataset.label, Number(r.dataset.score)])")
+    assert rows, "no scores shown"
+    return [(label, score) for label, score in rows]
+
+
+def test_device_and_server_agree_on_data_set_images(open_page, server, data_dir):
+    page = open_page(server)
+    images = one_image_per_class(data_dir)
+    assert len(images) >= 10
+    comparisons = []
+    for path in images:
+        expect(switch(page)).not_to_be_checked()
+        on_server = classify(page, path, "by the server")
+        switch(page).check()
+        on_device = classify(page, path, "on this device")
+        switch(page).uncheck()
+        server_scores = dict(on_server)
+        comparisons.append(
+            {
+                "image": path.name,
+                "server": on_server[0],
+                "device": on_device[0],
+                # Every class both paths list in their top 5.
+                "max_score_difference": max(abs(server_scores[label] - score) for label, score in on_device if label in server_scores),
+            }
+        )
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(json.dumps(comparisons, indent=2))
+    for row in comparisons:
+        assert row["device"][0] == row["server"][0], row
+        assert row["max_score_difference"] < PARITY_TOLERANCE, row
+    paths = page.get_by_role("list", name="History").get_by_role("button").evaluate_all("items => items.map(i => i.dataset.path)")
+    assert paths == ["device", "server"] * len(images)  # newest first
+
+
+def test_the_model_loads_on_first_use_from_this_origin_with_a_message(open_page, server, dataset_jpeg):
+    page = open_page(server)
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    switch(page).check()
+    expect(page.locator("#footer-device")).to_be_visible()
+    expect(page.locator("#footer-server")).to_be_hidden()
+    page.wait_for_timeout(300)
+    assert not [url for url in requests if DEVICE_FILES.search(url)], "downloaded before first use"
+
+    # Hold the model back for a moment, so the loading message can be seen.
+    def slow_model(route):
+        page.wait_for_timeout(1500)
+        route.continue_()
+
+    page.route("**/model.onnx", slow_model)
+    page.get_by_label(CHOOSE).set_input_files(dataset_jpeg)
+    expect(page.get_by_role("status")).to_have_text(re.compile("^Loading the model into this browser"))
+    expect(page.get_by_role("status")).to_have_text(re.compile(r"^airplane00\.jpg: airplane, "))
+    expect(page.get_by_role("list", name="History").get_by_role("button").first).to_contain_text("This device")
+    fetched = [url for url in requests if DEVICE_FILES.search(url)]
+    assert {Path(url).name for url in fetched} >= {"model.onnx.json", "model.onnx", "ort-wasm-simd-threaded.wasm"}
+    assert all(url.startswith(server) for url in fetched)
+    assert not [url for url in requests if "/predict" in url], "the device path sent the image to the server"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "page-device.png")
+
+
+def test_a_server_whose_model_changed_turns_the_device_path_off_in_words(open_page, tiny_model_path, dataset_jpeg):
+    # model.onnx was exported from model.zip; this server serves another model.
+    with page_server(MODEL_PATH=str(tiny_model_path)) as url:
+        page = open_page(url)
+        switch(page).check()
+        page.get_by_label(CHOOSE).set_input_files(dataset_jpeg)
+        expect(page.get_by_role("alert")).to_have_text(
+            'This server does not offer its model to run on this device at the moment. '
+            'Switch off "On this device" to classify on the server.'
+        )
+
+
+def test_without_a_device_model_the_switch_is_not_offered(open_page):
+    with page_server(DEVICE_MODEL_PATH="") as url:
+        page = open_page(url)
+        expect(switch(page)).to_be_hidden()
+
+
+# Same size (no resize), down, up, and big enough for the block reduction (factor 2; 1 × 3).
+@pytest.mark.parametrize("size", [(256, 256), (300, 200), (150, 100), (1400, 1000), (700, 2100)])
+def test_the_browser_resizes_exactly_as_the_server(open_page, server, size):
+    """resample.js against Pillow, on noise (the hardest case for rounding), byte for byte."""
+    page = open_page(server)
+    rng = np.random.default_rng(size[0])
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    expected = np.asarray(resize_for_model(Image.fromarray(pixels, "RGB")))
+    resized = page.evaluate(
+        """async ([data, width, height]) => {
+            const { resizeLikeServer } = await import("/static/js/resample.js");
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const out = resizeLikeServer(bytes, width, height, 224, 224).pixels;
+            return btoa(Array.from(out, (b) => String.fromCharCode(b)).join(""));
+        }""",
+        [base64.b64encode(pixels.tobytes()).decode(), size[0], size[1]],
+    )
+    got = np.frombuffer(base64.b64decode(resized), dtype=np.uint8).reshape(224, 224, 3)
+    assert np.array_equal(got, expected), f"{int((got != expected).sum())} bytes differ"
+
+
+def test_the_browser_feeds_the_model_the_servers_pixels(open_page, server, data_dir):
+    """The page's whole preprocessing (browser's JPEG decoder included) against the server's."""
+    page = open_page(server)
+    differences = []
+    for path in one_image_per_class(data_dir)[:4]:
+        expected = np.asarray(resize_for_model(decode_image(path.read_bytes())), dtype=np.int16)
+        pixels = page.evaluate(
+            """async ([data, name]) => {
+                const { decodeToRgb, toModelInput } = await import("/static/js/preprocess.js");
+                const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+                const file = new File([bytes], name, { type: "image/jpeg" });
+                return Array.from(toModelInput(await decodeToRgb(file)), (v) => Math.round(v * 255));
+            }""",
+            [base64.b64encode(path.read_bytes()).decode(), path.name],
+        )
+        browser = np.array(pixels, dtype=np.int16).reshape(3, 224, 224).transpose(1, 2, 0)
+        differences.append(int(np.abs(browser - expected).max()))
+    assert max(differences) <= 1, differences  # the decoders may round a colour differently

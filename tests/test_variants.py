@@ -1,0 +1,181 @@
+"""Model variants: int8 copies made and checked, and the rule that picks the one to serve.
+
+The int8 TorchScript path rebuilds the real architecture, so it is tested on the shipped
+model.zip (calibrated on a few data-set images); the ONNX paths on the tiny colour model.
+The table's judgement is tested on figures made up to hit each case.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from classifier.device_model import file_sha256
+from classifier.errors import ModelContractError
+from classifier.model import load_model
+from training.data import load_images
+from training.onnx_variants import export_onnx, quantize_onnx_int8
+from training.runtimes import OnnxRuntime, TorchScriptRuntime, probabilities
+from training.torchscript_int8 import check_rebuild, quantize_torchscript_int8, rebuild_network
+from training.variants import Measured, Report, Variant, VariantPaths, calibration_indices, markdown, recommendation
+from training.verify import Agreement, agreement
+
+from .conftest import ROOT
+
+SHIPPED = ROOT / "model.zip"
+
+
+@pytest.fixture(scope="module")
+def classes(data_dir) -> list[str]:
+    return sorted(path.name for path in (data_dir / "ucmerced").iterdir() if path.is_dir())
+
+
+def images_of_every_class(data_dir, classes, numbers) -> torch.Tensor:
+    return load_images([data_dir / "ucmerced" / name / f"{name}{n:02d}.jpg" for n in numbers for name in classes])
+
+
+@pytest.fixture(scope="module")
+def shipped_int8_path(data_dir, classes, tmp_path_factory) -> Path:
+    calibration = images_of_every_class(data_dir, classes, [10])
+    return quantize_torchscript_int8(SHIPPED, tmp_path_factory.mktemp("int8") / "model-int8.zip", calibration)
+
+
+def test_torchscript_int8_is_a_model_file_the_service_loads(shipped_int8_path, classes):
+    torch.backends.quantized.engine = "x86"  # whatever was selected before, the file says
+    loaded = load_model(shipped_int8_path)  # the service's loader: contract checks and warm-up
+    assert torch.backends.quantized.engine == "onednn"
+    assert loaded.labels == tuple(classes)
+    assert loaded.meta["quantized_engine"] == "onednn"
+    assert loaded.meta["source"] == {"file": "model.zip", "sha256": file_sha256(SHIPPED)}
+    assert loaded.meta["version"] == load_model(SHIPPED).meta["version"]
+    assert shipped_int8_path.stat().st_size < 0.4 * SHIPPED.stat().st_size
+
+
+def test_torchscript_int8_keeps_the_float_models_answers(shipped_int8_path, data_dir, classes):
+    images = images_of_every_class(data_dir, classes, [20, 21, 22])
+    targets = torch.arange(len(classes)).repeat(3)
+    reference = probabilities(TorchScriptRuntime(SHIPPED, threads=1), images)
+    result = agreement(reference, probabilities(TorchScriptRuntime(shipped_int8_path, threads=1), images), targets)
+    assert result.top1_agreement >= 0.95, result
+    assert result.max_probability_difference < 0.5, result
+
+
+def test_rebuilt_network_is_checked_against_the_file(data_dir, classes):
+    frozen = load_model(SHIPPED).module
+    network = rebuild_network(frozen, len(classes))
+    images = images_of_every_class(data_dir, classes, [30])[:2]
+    assert check_rebuild(frozen, network, images) < 1e-3
+    with torch.no_grad():
+        network._fc.bias += 0.5 * torch.arange(len(classes))  # a rebuild that went wrong
+    with pytest.raises(ValueError, match="differs from the model file"):
+        check_rebuild(frozen, network, images)
+
+
+def test_rebuild_refuses_another_architecture(tiny_model_path):
+    with pytest.raises(ValueError):
+        rebuild_network(load_model(tiny_model_path).module, 3)
+
+
+def test_a_quantized_engine_this_torch_lacks_is_refused(shipped_int8_path, monkeypatch):
+    monkeypatch.setattr(type(torch.backends.quantized), "supported_engines", ["qnnpack"])
+    with pytest.raises(ModelContractError, match="'onednn' quantized engine"):
+        load_model(shipped_int8_path)
+
+
+def test_onnx_int8_is_smaller_and_agrees_on_the_colour_model(tiny_model_path, tmp_path):
+    fp32 = export_onnx(tiny_model_path, tmp_path / "tiny.onnx")
+    colours = torch.zeros(12, 3, 224, 224, dtype=torch.uint8)
+    for i in range(12):
+        colours[i, i % 3] = 60 + 15 * i  # red, green, blue images of several brightnesses
+    int8 = quantize_onnx_int8(fp32, tmp_path / "tiny-int8.onnx", colours)
+    reference = probabilities(TorchScriptRuntime(tiny_model_path, threads=1), colours)
+    result = agreement(reference, probabilities(OnnxRuntime(int8, threads=1), colours), torch.arange(12) % 3)
+    assert result.top1_agreement == 1.0 and result.accuracy == 1.0
+    assert result.max_probability_difference < 0.05
+
+
+def test_agreement_counts_disagreements():
+    reference = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    other = torch.tensor([[0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])
+    result = agreement(reference, other, torch.tensor([0, 1, 0]))
+    assert result.top1_agreement == pytest.approx(2 / 3)
+    assert result.max_probability_difference == pytest.approx(0.5)
+    assert result.accuracy == pytest.approx(2 / 3)
+
+
+def test_calibration_takes_the_first_images_of_every_class():
+    assert calibration_indices([0, 1, 0, 2, 1, 0, 2, 2], per_class=2) == [0, 1, 2, 3, 4, 6]
+
+
+def test_variant_paths_sit_beside_the_model():
+    paths = VariantPaths.beside("some/dir/model.zip")
+    assert paths == VariantPaths(Path("some/dir/model.onnx"), Path("some/dir/model-int8.onnx"), Path("some/dir/model-int8.zip"))
+
+
+# --- The rule that picks the variant to serve, on made-up figures ---------------------------
+
+
+def row(name, runtime, served, accuracy, agree, b1, b8, size=4_000_000, max_dp=0.1, changed=(0, 0)) -> Measured:
+    return Measured(
+        Variant(name, Path(f"{name}.bin"), runtime, served),
+        size,
+        Agreement(images=256, top1_agreement=agree, max_probability_difference=max_dp, accuracy=accuracy),
+        {1: b1, 8: b8},
+        changed_right=changed[0],
+        changed_wrong=changed[1],
+    )
+
+
+def report(rows) -> Report:
+    return Report(Path("model.zip"), {"name": "m", "version": "1"}, "ab" * 32, "data", 256, 1, 30, "cpu", "0", "0", 1.0, rows)
+
+
+REFERENCE = row("TorchScript float32", TorchScriptRuntime, True, 0.99, 1.0, 12.0, 100.0, 13_000_000, max_dp=0.0)
+
+
+def test_the_fastest_servable_variant_that_keeps_the_answers_is_recommended():
+    ts_int8 = row("ts-int8", TorchScriptRuntime, True, 0.99, 0.992, 4.0, 40.0, changed=(1, 1))
+    text = recommendation(report([REFERENCE, ts_int8]))
+    assert "**Best: ts-int8**" in text and "MODEL_PATH=ts-int8.bin" in text
+    assert "3.0×" in text
+    assert "changes the answer on 2 of 256 validation images (1 the float model got wrong, 1 it got right)" in text
+
+
+def test_a_faster_onnx_variant_is_named_with_what_serving_it_costs():
+    rows = [
+        REFERENCE,
+        row("onnx-int8", OnnxRuntime, False, 0.99, 0.995, 2.0, 16.0),
+        row("ts-int8", TorchScriptRuntime, True, 0.988, 0.995, 4.0, 40.0),
+    ]
+    text = recommendation(report(rows))
+    assert "**Fastest: onnx-int8**" in text and "onnxruntime" in text
+    assert "**Best without new code: ts-int8**" in text
+    assert "exact answers" not in text  # no variant other than the reference gives them
+
+
+def test_the_fastest_variant_with_exact_answers_is_named():
+    rows = [REFERENCE, row("onnx-fp32", OnnxRuntime, False, 0.99, 1.0, 5.0, 40.0, max_dp=1e-6),
+            row("ts-int8", TorchScriptRuntime, True, 0.99, 0.995, 4.0, 40.0)]
+    text = recommendation(report(rows))
+    assert "**Best: ts-int8**" in text
+    assert "**Fastest with the float model's exact answers: onnx-fp32**: 5.0 ms at batch 1 (2.4×)" in text
+
+
+def test_a_variant_that_changes_the_answers_is_refused_however_fast():
+    rows = [
+        REFERENCE,
+        row("low-agreement", TorchScriptRuntime, True, 0.99, 0.97, 1.0, 8.0),
+        row("less-accurate", TorchScriptRuntime, True, 0.98, 0.995, 1.0, 8.0),
+    ]
+    text = recommendation(report(rows))
+    assert "Fails the rule: low-agreement" in text and "less-accurate" in text
+    assert "**Keep serving TorchScript float32**" in text
+
+
+def test_the_markdown_holds_the_table_and_the_method():
+    text = markdown(report([REFERENCE, row("ts-int8", TorchScriptRuntime, True, 0.99, 0.995, 4.0, 40.0)]))
+    assert "| TorchScript float32 | `model.zip`" not in text  # made-up paths, relative names
+    assert "| ts-int8 |" in text and "4.0 ms" in text and "5.0 ms |" in text  # batch 8 per image
+    assert "30 rounds" in text and "median" in text and "python -m training.variants" in text

@@ -1,0 +1,109 @@
+"""ONNX copies of a model file: float32 (also the browser's model) and int8 for ONNX Runtime.
+
+The float32 export goes through torch's TorchScript-based exporter, the one that accepts a
+frozen ``ScriptModule`` as it is (the torch.export-based exporter, torch's default since
+2.9, needs the eager network). Labels and meta.json travel inside the ONNX file as metadata,
+and a manifest beside it tells the server and the page what it is
+(``classifier.device_model``).
+
+The int8 copy is ONNX Runtime's static quantisation: QDQ format, per-channel symmetric int8
+weights, uint8 activations whose ranges are calibrated on training images.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from classifier.device_model import write_manifest
+from classifier.images import INPUT_SIZE
+from classifier.model import load_model
+
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "logits"
+# onnxruntime-web 1.30 and onnxruntime 1.30 run opset 17 fully; newer opsets add nothing here.
+OPSET = 17
+
+
+def export_onnx(model_path: str | Path, onnx_path: str | Path, manifest: bool = True) -> Path:
+    """Export a model file to ONNX float32 with a dynamic batch size; write its manifest."""
+    import onnx
+
+    loaded = load_model(model_path)
+    onnx_path = Path(onnx_path)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.rand(1, 3, *INPUT_SIZE)
+    with warnings.catch_warnings():
+        # The exporter warns that it is the legacy one; it is the one that takes TorchScript.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        torch.onnx.export(
+            loaded.module,
+            (example,),
+            str(onnx_path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    model = onnx.load(str(onnx_path))
+    onnx.checker.check_model(model)
+    metadata = {"labels": json.dumps(list(loaded.labels)), "meta.json": json.dumps(loaded.meta)}
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    model.doc_string = f"{loaded.name} {loaded.version}, exported from {Path(model_path).name}"
+    onnx.save(model, str(onnx_path))
+    if manifest:
+        write_manifest(onnx_path, model_path, loaded.labels, loaded.meta)
+    return onnx_path
+
+
+class _Batches:
+    """ONNX Runtime's calibration reader: uint8 images in, float batches in [0, 1] out."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int):
+        self._batches = iter(range(0, len(images), batch_size))
+        self._images = images
+        self._batch_size = batch_size
+
+    def get_next(self):
+        start = next(self._batches, None)
+        if start is None:
+            return None
+        batch = self._images[start : start + self._batch_size].float().div(255)
+        return {INPUT_NAME: batch.numpy()}
+
+
+def quantize_onnx_int8(
+    onnx_path: str | Path, int8_path: str | Path, calibration_images: torch.Tensor, batch_size: int = 16
+) -> Path:
+    """ONNX Runtime static int8 quantisation of a float32 ONNX file, calibrated on uint8 images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(_Batches, CalibrationDataReader):
+        pass
+
+    int8_path = Path(int8_path)
+    int8_path.parent.mkdir(parents=True, exist_ok=True)
+    # Shape inference and graph clean-up first, as ONNX Runtime advises for quantisation:
+    # the exporter's padding arithmetic folds to constants, so fewer nodes are quantised.
+    prepared = int8_path.with_name(int8_path.stem + ".prepared.onnx")
+    try:
+        quant_pre_process(str(onnx_path), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(int8_path),
+            Reader(calibration_images, batch_size),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    finally:
+        prepared.unlink(missing_ok=True)
+    return int8_path

@@ -1,0 +1,56 @@
+"""One interface over the two engines the variants run on: TorchScript (torch) and ONNX Runtime.
+
+Both take a float32 batch N×3×224×224 in [0, 1] and return logits, so accuracy, agreement
+and latency are measured the same way for every variant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from classifier.model import load_model
+
+
+class TorchScriptRuntime:
+    """A model file loaded by the service's own loader: what gunicorn's workers would run."""
+
+    engine = "torch (TorchScript)"
+
+    def __init__(self, path: str | Path, threads: int):
+        torch.set_num_threads(threads)
+        self.module = load_model(path).module
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(batch)).float().numpy()
+
+
+class OnnxRuntime:
+    """An ONNX file in ONNX Runtime's CPU engine, all graph optimisations on."""
+
+    engine = "ONNX Runtime (CPU)"
+
+    def __init__(self, path: str | Path, threads: int):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]
+
+
+def probabilities(runtime, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Softmax over uint8 N×3×224×224 images, in batches, as the service computes it."""
+    rows = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].float().div(255).numpy()
+        rows.append(torch.softmax(torch.from_numpy(runtime.logits(batch)).float(), dim=1))
+    return torch.cat(rows)

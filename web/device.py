@@ -1,0 +1,64 @@
+"""The browser's copy of the model: GET /model.onnx.json (its manifest) and GET /model.onnx.
+
+The page's "On this device" path downloads these from the page's own origin and runs the
+model with onnxruntime-web. Both answer 404 with the reason when there is no copy that
+matches the served model (``classifier.device_model``), or when DEVICE_MODEL_PATH is empty.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, current_app, jsonify, send_file, url_for
+
+from classifier.device_model import DeviceModel, load_device_model
+from classifier.errors import DeviceModelUnavailable
+
+from .errors import error_response
+
+device = Blueprint("device", __name__)
+log = logging.getLogger(__name__)
+
+
+@device.record_once
+def say_whether_browsers_get_the_model(state) -> None:
+    """Log at start-up why browsers cannot run the model, if they cannot; never stop the API."""
+    with state.app.app_context():
+        try:
+            current_device_model()
+        except DeviceModelUnavailable as reason:
+            log.warning("'On this device' is off: %s", reason.message)
+
+
+@device.errorhandler(DeviceModelUnavailable)
+def unavailable(error: DeviceModelUnavailable):
+    return error_response(error.status, error.code, error.message)
+
+
+def current_device_model() -> DeviceModel:
+    path = current_app.config["DEVICE_MODEL_PATH"]
+    if not path:
+        raise DeviceModelUnavailable("This server does not offer its model to browsers (DEVICE_MODEL_PATH is empty).")
+    return load_device_model(path, current_app.config["MODEL_PATH"])
+
+
+@device.get("/model.onnx.json")
+def manifest():
+    model = current_device_model()
+    return jsonify({**model.manifest, "url": url_for("device.onnx_file")})
+
+
+@device.get("/model.onnx")
+def onnx_file():
+    model = current_device_model()
+    # The ETag is the file's hash: a browser revalidates and downloads it again only when
+    # the model changed.
+    response = send_file(
+        model.path.resolve(),
+        mimetype="application/octet-stream",
+        conditional=True,
+        etag=model.manifest["sha256"],
+        max_age=0,
+    )
+    response.headers["Cache-Control"] = "no-cache"
+    return response
