@@ -11,7 +11,7 @@ PIP = $(VENV)/bin/pip install --retries $(PIP_RETRIES) --disable-pip-version-che
 export CHROMIUM ?= /usr/bin/chromium
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test test-deploy install install-dev variants vendor
+.PHONY: run test test-deploy bench install install-dev variants vendor
 
 run: $(VENV)/.run-installed
 	PORT=$(PORT) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sh -c "$$(sed -n 's/^web: //p' Procfile)"
@@ -24,6 +24,11 @@ test: $(VENV)/.dev-installed $(CHROMIUM)
 test-deploy: $(VENV)/.dev-installed
 	$(VENV)/bin/python -m pytest -m deploy $(PYTEST_ARGS)
 
+# The benchmark (bench/README.md): every contender side by side, about 4 minutes here; it
+# rewrites bench/RESULTS.md, bench/results.json and bench/results.png.
+bench: $(VENV)/.dev-installed
+	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
 install: $(VENV)/.run-installed
 install-dev: $(VENV)/.dev-installed
 
@@ -34,7 +39,7 @@ $(VENV)/.run-installed: requirements.txt | $(VENV)/bin/python
 	$(PIP) -r requirements.txt
 	touch $@
 
-$(VENV)/.dev-installed: requirements.txt requirements-train.txt requirements-dev.txt | $(VENV)/bin/python
+$(VENV)/.dev-installed: requirements.txt requirements-train.txt requirements-dev.txt bench/requirements.txt | $(VENV)/bin/python
 	$(PIP) -r requirements-dev.txt
 	touch $@ $(VENV)/.run-installed
 

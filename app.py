@@ -14,22 +14,28 @@ from flask import Flask
 from flask_cors import CORS
 
 from classifier.pipeline import Classifier
+from web import access_log, metrics
 from web.api import EXTENSION_KEY, api
 from web.cli import register_commands
 from web.device import device
 from web.errors import register_error_handlers
 from web.pages import pages
 from web.settings import check_settings, settings_from_env
+from web.uploads import InMemoryUploadRequest
 
 
 def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
+    app.request_class = InMemoryUploadRequest
     app.config.from_mapping(settings_from_env())
     if config:
         app.config.from_mapping(config)
     check_settings(app.config)
 
-    CORS(app, origins=_origins(app.config["CORS_ORIGINS"]))
+    # Request id and metrics first, so that their hooks see every request.
+    access_log.init_app(app)
+    metrics.init_app(app)
+    CORS(app, origins=_origins(app.config["CORS_ORIGINS"]), expose_headers=[access_log.REQUEST_ID_HEADER])
     register_error_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(pages)
@@ -50,7 +56,10 @@ def load_classifier(app: Flask) -> Classifier:
         max_pixels=app.config["MAX_IMAGE_PIXELS"],
         threads=app.config["TORCH_THREADS"],
     )
+    # Observed from here on: the warm-up and smoke test are not served inferences.
+    classifier.on_inference = metrics.observe_inference
     app.extensions[EXTENSION_KEY] = classifier
+    metrics.set_model_info(classifier.model.name, classifier.model.version)
     logging.getLogger(__name__).info(
         "model %s %s loaded in %.2fs (%d classes, %d torch threads)",
         classifier.model.name,

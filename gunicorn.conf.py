@@ -6,6 +6,8 @@ do not survive fork, and a preloaded torch can hang the workers.
 
 import os
 
+from web import multiprocess_metrics
+
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Tell the app how many workers share the cores, so it sizes torch's thread pool to fit.
@@ -16,10 +18,14 @@ preload_app = False
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 30
 keepalive = 5
-# Recycle workers now and then so that slow leaks in native libraries stay bounded.
-max_requests = int(os.environ.get("MAX_REQUESTS", "5000"))
+# Recycle workers now and then so that slow leaks in native libraries stay bounded. Measured
+# (bench/README.md): a worker's RSS is flat after warm-up, and a new worker spends seconds of
+# a core importing torch and warming up the model, so rarely: at full load (~70 requests/s
+# per worker) about every 5 minutes.
+# The jitter keeps the workers from restarting together.
+max_requests = int(os.environ.get("MAX_REQUESTS", "20000"))
 max_requests_jitter = max_requests // 10
-accesslog = "-"
+accesslog = None  # the app writes the access log: see "web.access" below
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 
@@ -30,12 +36,28 @@ logconfig_dict = {
     "root": {"level": loglevel.upper(), "handlers": ["console"]},
     "loggers": {
         "gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        # The access log is the app's: JSON lines with the request id (web/access_log.py).
+        # gunicorn's own plain line would only repeat it, so its level keeps it quiet.
+        "gunicorn.access": {"level": "WARNING", "handlers": ["console"], "propagate": False},
+        "web.access": {"level": "INFO", "handlers": ["json"], "propagate": False},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
-    "formatters": {"plain": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"},
+        "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+    },
+    "formatters": {
+        "plain": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},
+        "json": {"()": "web.json_logs.JsonFormatter"},
+    },
 }
 
 # gunicorn's control socket is for its own CLI, which we do not use; one fixed path per user
 # would also collide when several servers run side by side (tests, benchmarks).
 control_socket_disable = True
+
+
+# Prometheus multiprocess mode (web/metrics.py): the master prepares the shared directory
+# before it forks the workers, lets go of each worker that exits, and cleans up at the end.
+on_starting = multiprocess_metrics.on_starting
+child_exit = multiprocess_metrics.child_exit
+on_exit = multiprocess_metrics.on_exit

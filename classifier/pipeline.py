@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 import math
 import re
+import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -40,12 +41,22 @@ class Prediction:
         }
 
 
+# Told the seconds and the number of images of each forward pass (e.g. to export metrics).
+InferenceObserver = Callable[[float, int], None]
+
+
 class Classifier:
     """A loaded model plus the steps that turn uploads into predictions."""
 
-    def __init__(self, model: LoadedModel, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        model: LoadedModel,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        on_inference: InferenceObserver | None = None,
+    ):
         self.model = model
         self.max_pixels = max_pixels
+        self.on_inference = on_inference
 
     @classmethod
     def setup(cls, model_path, max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None):
@@ -98,8 +109,11 @@ class Classifier:
     def predict(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Class probabilities, N×C, for already-decoded images."""
         batch = to_tensor(images)
+        started = time.perf_counter()
         with torch.inference_mode():
             logits = self.model.module(batch)
+        if self.on_inference:
+            self.on_inference(time.perf_counter() - started, len(images))
         return torch.softmax(logits.float(), dim=1)
 
     def encode(self, probabilities: torch.Tensor, top_k: int | None = None) -> Prediction:

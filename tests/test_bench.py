@@ -1,0 +1,67 @@
+"""The benchmark runs end to end on a tiny load: every contender, every table row, the plot.
+
+No timing is asserted: this proves the command works, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+CONCURRENCY = (1, 2)
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny_model_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    command = [sys.executable, "-m", "bench.run", "--out", str(out), "--model", str(tiny_model_path),
+               "--requests", "6", "--big-requests", "2", "--concurrency", *map(str, CONCURRENCY)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_every_contender_ran_every_load_without_errors(bench_run):
+    _, results = bench_run
+    assert set(results["servers"]) == {"ours", "reference", "litserve"}
+    for name, server in results["servers"].items():
+        loads = {(run["workload"], run["concurrency"]) for run in server["runs"]}
+        assert loads == {("dataset", c) for c in CONCURRENCY} | {("12mp", 1), ("12mp-detailed", 1)}, name
+        for run in server["runs"]:
+            assert run["errors"] == 0, (name, run)
+            assert run["requests"] == (6 if run["workload"] == "dataset" else 2)
+            assert 0 < run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"]
+        assert server["cold_start_s"] > 0 and server["peak_rss_mb"] > 0 and server["processes"] >= 2
+    assert set(results["floor"]) == {"1", str(results["machine"]["cores"])}
+    for floor in results["floor"].values():
+        assert set(floor) == {"dataset", "12mp", "12mp-detailed", "forward_ms_per_image_by_batch"}
+        assert set(floor["forward_ms_per_image_by_batch"]) == {"1", "2", "4", "8"}
+
+
+def test_results_md_has_the_targets_every_row_and_the_plot(bench_run):
+    out, results = bench_run
+    text = (out / "RESULTS.md").read_text()
+    assert "## Ours against the targets" in text and "machine's limit" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    for title in ("ours (Procfile)", "reference app", "LitServe"):
+        assert sum(row.startswith(f"| {title} | dataset |") for row in rows) == len(CONCURRENCY)
+        assert any(row.startswith(f"| {title} | 12mp |") for row in rows)
+    assert sum(row.startswith("| floor, ") for row in rows) == 3 * len(results["floor"])
+    assert "load average" in text.lower() and results["commit"].split()[0] in text
+    assert "](results.png)" in text
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_server_process_is_left_running(bench_run):
+    _, results = bench_run
+    for name, server in results["servers"].items():
+        assert server["pids"], name
+        assert not [pid for pid in server["pids"] if psutil.pid_exists(pid)], name
