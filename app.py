@@ -20,7 +20,7 @@ from web.cli import register_commands
 from web.device import device
 from web.errors import register_error_handlers
 from web.pages import pages
-from web.settings import check_settings, settings_from_env
+from web.settings import check_settings, classifier_options, settings_from_env
 from web.uploads import InMemoryUploadRequest
 
 
@@ -51,21 +51,18 @@ def create_app(config: dict | None = None) -> Flask:
 
 def load_classifier(app: Flask) -> Classifier:
     """Load and warm up the model; a bad file stops start-up with the reason."""
-    classifier = Classifier.setup(
-        app.config["MODEL_PATH"],
-        max_pixels=app.config["MAX_IMAGE_PIXELS"],
-        threads=app.config["TORCH_THREADS"],
-    )
+    classifier = Classifier.setup(app.config["MODEL_PATH"], **classifier_options(app.config))
     # Observed from here on: the warm-up and smoke test are not served inferences.
     classifier.on_inference = metrics.observe_inference
     app.extensions[EXTENSION_KEY] = classifier
     metrics.set_model_info(classifier.model.name, classifier.model.version)
     logging.getLogger(__name__).info(
-        "model %s %s loaded in %.2fs (%d classes, %d torch threads)",
+        "model %s %s loaded in %.2fs (%d classes, %s engine, %d threads)",
         classifier.model.name,
         classifier.model.version,
         classifier.model.load_seconds,
         len(classifier.labels),
+        classifier.engine.name,
         app.config["TORCH_THREADS"],
     )
     return classifier

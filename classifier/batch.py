@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, TextIO
 
-import torch
 from PIL import Image
 
 from .errors import InputError
-from .images import decode_image, resize_for_model, to_tensor
+from .images import decode_image, resize_for_model
 from .pipeline import Classifier, Prediction
 
 # What a folder is searched for (case-insensitive); a file named on the command line is
@@ -74,7 +73,7 @@ def classify_files(
 
     ``workers`` threads read, decode and resize ahead of the model (Pillow releases the GIL
     while it decodes). ``lanes`` threads run forward passes side by side (torch releases the
-    GIL); give each lane one torch thread (``torch.set_num_threads(1)``): on a small CPU, two
+    GIL, as does ONNX Runtime); give the engine one thread per lane: on a small CPU, two
     batches on one core each beat one batch on two cores (bench/batch-results.md). Work is
     queued only a few batches ahead, so memory stays bounded on any number of files.
     """
@@ -120,22 +119,11 @@ def _classify_batch(classifier: Classifier, loaded, top_k: int | None) -> list[F
     images = [(index, image) for index, (_, image) in enumerate(loaded) if isinstance(image, Image.Image)]
     results: list[FileResult] = [image if isinstance(image, FileResult) else None for _, image in loaded]
     if images:
-        probabilities = _probabilities(classifier, [image for _, image in images])
+        probabilities = classifier.predict([image for _, image in images])
         for row, (index, _) in enumerate(images):
             results[index] = FileResult(str(loaded[index][0]), classifier.encode(probabilities[row], top_k))
     return results
 
-
-def _probabilities(classifier: Classifier, images: list[Image.Image]) -> torch.Tensor:
-    """``Classifier.predict``, with the batch in channels-last order.
-
-    Same numbers (within 1e-6), and faster on CPU: oneDNN's convolutions work in that order,
-    so torch need not convert each layer's input (measured in bench/batch-results.md).
-    """
-    batch = to_tensor(images).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        logits = classifier.model.module(batch)
-    return torch.softmax(logits.float(), dim=1)
 
 
 class CsvWriter:

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
+from .engines import TorchScriptEngine, choose_engine
 from .errors import InputError, InvalidParameter, ModelContractError
 from .images import DEFAULT_MAX_PIXELS, INPUT_SIZE, decode_image, resize_for_model, to_tensor
 from .model import LoadedModel, load_model
@@ -53,23 +54,40 @@ class Classifier:
         model: LoadedModel,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         on_inference: InferenceObserver | None = None,
+        engine: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.model = model
         self.max_pixels = max_pixels
         self.on_inference = on_inference
+        self.engine = engine or TorchScriptEngine(model)
 
     @classmethod
-    def setup(cls, model_path, max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None):
+    def setup(
+        cls,
+        model_path,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        threads: int | None = None,
+        engine: str = "torchscript",
+        onnx_path=None,
+    ):
         """Load, check and warm up the model once per process; ``threads`` caps torch's pool.
 
-        Raises ``ModelContractError`` for a file that must not be served. Workers and the
+        ``engine`` picks what runs the forward pass (``classifier.engines``): ``auto`` runs
+        a verified ONNX copy at ``onnx_path`` where there is one. Raises
+        ``ModelContractError`` for a file that must not be served. Workers and the
         ``check-model`` command both come through here, so both apply the same checks.
         """
         if threads:
             torch.set_num_threads(threads)
-        classifier = cls(load_model(model_path), max_pixels=max_pixels)
+        model = load_model(model_path)
+        chosen = choose_engine(model, engine, onnx_path, threads or torch.get_num_threads())
+        classifier = cls(model, max_pixels=max_pixels, engine=chosen)
         classifier.smoke_test()
         return classifier
+
+    def describe(self) -> dict:
+        """The model's metadata, and which engine serves it."""
+        return {**self.model.describe(), "engine": self.engine.name}
 
     def smoke_test(self) -> Prediction:
         """Classify a generated image end to end (decode, resize, model, softmax, encode).
@@ -110,8 +128,7 @@ class Classifier:
         """Class probabilities, N×C, for already-decoded images."""
         batch = to_tensor(images)
         started = time.perf_counter()
-        with torch.inference_mode():
-            logits = self.model.module(batch)
+        logits = self.engine(batch)
         if self.on_inference:
             self.on_inference(time.perf_counter() - started, len(images))
         return torch.softmax(logits.float(), dim=1)

@@ -65,7 +65,7 @@ def health():
     if classifier is None:
         return jsonify({"status": "loading"}), 503
     model = classifier.model
-    return jsonify({"status": "ok", "model": model.name, "version": model.version})
+    return jsonify({"status": "ok", "model": model.name, "version": model.version, "engine": classifier.engine.name})
 
 
 @api.get("/model")
@@ -73,7 +73,7 @@ def model_info():
     classifier = get_classifier()
     if classifier is None:
         return _model_not_ready()
-    return jsonify(classifier.model.describe())
+    return jsonify(classifier.describe())
 
 
 @api.get("/openapi.json")

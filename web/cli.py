@@ -18,6 +18,7 @@ from classifier.errors import InvalidParameter, ModelContractError
 from classifier.pipeline import Classifier
 
 from .api import EXTENSION_KEY
+from .settings import classifier_options
 from classifier.model_update import (
     check_model_file,
     gunicorn_master_pid,
@@ -151,13 +152,13 @@ def predict_command(paths, output_format, output, top, batch_size, workers, lane
 
 
 def _classifier() -> Classifier:
-    """The app's model; ``flask --app app`` builds the app without loading it, so load it here."""
+    """The app's model; ``flask --app app`` builds the app without loading it, so load it here.
+
+    One thread for the engine: the command runs one forward pass per core side by side.
+    """
     classifier = current_app.extensions.get(EXTENSION_KEY)
     if classifier is None:
-        classifier = Classifier.setup(
-            current_app.config["MODEL_PATH"],
-            max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
-            threads=current_app.config["TORCH_THREADS"],
-        )
+        options = classifier_options(current_app.config, threads=1)
+        classifier = Classifier.setup(current_app.config["MODEL_PATH"], **options)
         current_app.extensions[EXTENSION_KEY] = classifier
     return classifier

@@ -257,11 +257,12 @@ def _components(app: Flask, labels: tuple[str, ...]) -> dict:
             },
             "Health": {
                 "type": "object",
-                "required": ["status", "model", "version"],
+                "required": ["status", "model", "version", "engine"],
                 "properties": {
                     "status": {"type": "string", "enum": ["ok"]},
                     "model": {"type": "string"},
                     "version": {"type": "string"},
+                    "engine": {"type": "string", "enum": ["onnxruntime", "torchscript"]},
                 },
             },
             "Loading": {
@@ -271,9 +272,14 @@ def _components(app: Flask, labels: tuple[str, ...]) -> dict:
             },
             "ModelInfo": {
                 "type": "object",
-                "required": ["name", "version", "labels", "num_classes", "input_size"],
+                "required": ["name", "version", "labels", "num_classes", "input_size", "engine"],
                 "properties": {
                     "name": {"type": "string"},
+                    "engine": {
+                        "type": "string",
+                        "enum": ["onnxruntime", "torchscript"],
+                        "description": "What runs the model: ONNX Runtime on the verified ONNX copy, or the TorchScript file.",
+                    },
                     "version": {"type": "string"},
                     "labels": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                     "num_classes": {"type": "integer", "minimum": 1},

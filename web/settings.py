@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from classifier.engines import ENGINES
 from classifier.images import DEFAULT_MAX_PIXELS
 
 MEGABYTE = 1024 * 1024
@@ -43,6 +44,20 @@ def settings_from_env() -> dict:
         "LOAD_MODEL": os.environ.get("LOAD_MODEL", "1") not in ("0", "false", "no"),
         # The ONNX copy of the model that the page can run in the browser; empty: none.
         "DEVICE_MODEL_PATH": os.environ.get("DEVICE_MODEL_PATH", "model.onnx").strip(),
+        # What runs the model (classifier/engines.py): auto serves the verified ONNX copy at
+        # ONNX_MODEL_PATH with ONNX Runtime where there is one, else the TorchScript file.
+        "INFERENCE_ENGINE": os.environ.get("INFERENCE_ENGINE", "auto").strip().lower(),
+        "ONNX_MODEL_PATH": os.environ.get("ONNX_MODEL_PATH", "model.onnx").strip(),
+    }
+
+
+def classifier_options(config, threads: int | None = None) -> dict:
+    """The settings ``Classifier.setup`` takes, from the app's config."""
+    return {
+        "max_pixels": config["MAX_IMAGE_PIXELS"],
+        "threads": threads or config["TORCH_THREADS"],
+        "engine": config["INFERENCE_ENGINE"],
+        "onnx_path": config["ONNX_MODEL_PATH"] or None,
     }
 
 
@@ -51,6 +66,8 @@ def check_settings(config) -> None:
     for key in ("MAX_CONTENT_LENGTH", "MAX_IMAGE_PIXELS", "MAX_BATCH_FILES", "TORCH_THREADS"):
         if int(config[key]) < 1:
             raise ValueError(f"{key} must be at least 1, got {config[key]!r}")
+    if config["INFERENCE_ENGINE"] not in ENGINES:
+        raise ValueError(f"INFERENCE_ENGINE must be one of {', '.join(ENGINES)}, not {config['INFERENCE_ENGINE']!r}")
     api_key = config.get("API_KEY") or ""
     # Clients send the key in a header, so it must survive one: printable ASCII, no spaces.
     if api_key and (len(api_key) < MIN_API_KEY_LENGTH or not api_key.isascii()
