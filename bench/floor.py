@@ -1,8 +1,10 @@
 """The floor: decode + preprocess + forward in this process, no HTTP, one image at a time.
 
 Run as ``python -m bench.floor --threads T ...`` in a fresh process per thread count, so
-that torch's thread pool is sized once, as in a server worker. It calls the same pipeline
-as our service (``Classifier.classify``: bytes in, top-k prediction out).
+that the engine's thread pool is sized once, as in a server worker. It calls the same pipeline
+as our service (``Classifier.classify``: bytes in, top-k prediction out), on the engine the
+service picks by default (``--engine auto``: ONNX Runtime on the model's verified ONNX copy)
+or on the one named.
 """
 
 from __future__ import annotations
@@ -36,14 +38,13 @@ def forward_ms_per_image(classifier: Classifier, batch_sizes, repeats: int = 20)
     """The forward pass alone, per image, by batch size: what micro-batching could gain."""
     sample = torch.rand(max(batch_sizes), 3, *INPUT_SIZE)
     result = {}
-    with torch.inference_mode():
-        for size in batch_sizes:
-            for _ in range(3):
-                classifier.model.module(sample[:size])
-            started = time.perf_counter()
-            for _ in range(repeats):
-                classifier.model.module(sample[:size])
-            result[size] = (time.perf_counter() - started) * 1000 / (repeats * size)
+    for size in batch_sizes:
+        for _ in range(3):
+            classifier.engine(sample[:size])
+        started = time.perf_counter()
+        for _ in range(repeats):
+            classifier.engine(sample[:size])
+        result[size] = (time.perf_counter() - started) * 1000 / (repeats * size)
     return result
 
 
@@ -51,14 +52,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="model.zip")
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "torchscript"])
     parser.add_argument("--workload", nargs=3, action="append", required=True,
                         metavar=("NAME", "PAYLOAD_LIST", "COUNT"), help="repeat for each workload")
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[],
                         help="also time the forward pass alone at these batch sizes")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    classifier = Classifier.setup(args.model, threads=args.threads)
-    results = {}
+    onnx_copy = Path(args.model).with_suffix(".onnx")  # where `make variants` puts it
+    classifier = Classifier.setup(args.model, threads=args.threads, engine=args.engine, onnx_path=onnx_copy)
+    results = {"engine": classifier.engine.name}
     for name, payload_list, count in args.workload:
         files = [Path(line) for line in Path(payload_list).read_text().split("\n") if line]
         payloads = [file.read_bytes() for file in files]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-CONTENDER_ORDER = ("ours", "reference", "litserve")
+CONTENDER_ORDER = ("ours", "ours-torchscript", "reference", "litserve")
 WHY_MISSED = "bench/README.md#targets-what-was-tried"
 
 
@@ -41,8 +41,14 @@ def floor_of(results: dict, threads: int, workload: str = "dataset") -> dict | N
     return results.get("floor", {}).get(str(threads), {}).get(workload)
 
 
-def floor_workloads(results: dict, threads: str) -> dict:
-    return {name: run for name, run in results["floor"][threads].items() if name != BATCHING_KEY}
+def floor_workloads(results: dict, threads: str, key: str = "floor") -> dict:
+    return {name: run for name, run in results[key][threads].items()
+            if name != BATCHING_KEY and isinstance(run, dict)}
+
+
+def floor_engine(results: dict, key: str = "floor") -> str:
+    engines = {floor.get("engine", "torchscript") for floor in results.get(key, {}).values()}
+    return ", ".join(sorted(engines)) or "–"
 
 
 def machine_limit_rps(results: dict) -> float | None:
@@ -67,9 +73,9 @@ def _field(run: dict | None, key: str):
     return run[key] if run else None
 
 
-def ours_vs_litserve_worst(results: dict) -> float | None:
+def ours_vs_litserve_worst(results: dict, ours: str = "ours") -> float | None:
     ratios = [
-        _ratio(_field(run_of(results, "ours", concurrency=c), "throughput_rps"),
+        _ratio(_field(run_of(results, ours, concurrency=c), "throughput_rps"),
                _field(run_of(results, "litserve", concurrency=c), "throughput_rps"))
         for c in results["settings"]["concurrency"]
     ]
@@ -142,6 +148,13 @@ def render(results: dict, plot_name: str = "results.png") -> str:
         value = target.measure(results)
         shown = "–" if value is None else (f"{value:.2f}×" if target.unit == "×" else f"{value:,.1f}{target.unit}")
         lines.append(f"| {target.text} | {shown} | {target.verdict(value)} |")
+    same_engine = ours_vs_litserve_worst(results, "ours-torchscript")
+    if same_engine is not None:
+        lines += ["", (
+            f"Our service runs the model with ONNX Runtime (`{floor_engine(results)}` in the floor rows); "
+            "LitServe and the reference app run the TorchScript file. On the same engine as theirs "
+            f"(*ours, TorchScript engine*), our worst throughput ratio against LitServe is **{same_engine:.2f}×**."
+        )]
     if any(t.verdict(t.measure(results)) == "**missed**" for t in TARGETS):
         lines += ["", f"Missed targets are explained, with what was tried, in [{WHY_MISSED}](README.md#targets-what-was-tried)."]
     lines += ["", f"![throughput and latency by concurrency]({plot_name})", ""]
@@ -164,13 +177,8 @@ def _runs_table(results: dict) -> list[str]:
         "| contender | images | concurrency | requests | errors | p50 | p95 | p99 | req/s | ×ref | ×floor | client CPU ms/req |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for threads in sorted(results.get("floor", {}), key=int):
-        for workload, run in floor_workloads(results, threads).items():
-            lines.append(
-                f"| floor, {threads} thread{'s' if threads != '1' else ''} | {workload} | – | {run['requests']} | "
-                f"{run['errors']} | {_fmt(run['p50_ms'])} | {_fmt(run['p95_ms'])} | {_fmt(run['p99_ms'])} | "
-                f"{_fmt(run['throughput_rps'])} | | {_fmt(_ratio(run['p50_ms'], best_floor_p50(results, workload)), 2)} | |"
-            )
+    lines += _floor_rows(results, "floor", f"floor ({floor_engine(results)})")
+    lines += _floor_rows(results, "floor_torchscript", "floor (torchscript)")
     for name in CONTENDER_ORDER:
         server = results["servers"].get(name)
         if not server:
@@ -188,9 +196,23 @@ def _runs_table(results: dict) -> list[str]:
     return lines + _batching_lines(results)
 
 
+def _floor_rows(results: dict, key: str, title: str) -> list[str]:
+    lines = []
+    for threads in sorted(results.get(key, {}), key=int):
+        for workload, run in floor_workloads(results, threads, key).items():
+            lines.append(
+                f"| {title}, {threads} thread{'s' if threads != '1' else ''} | {workload} | – | {run['requests']} | "
+                f"{run['errors']} | {_fmt(run['p50_ms'])} | {_fmt(run['p95_ms'])} | {_fmt(run['p99_ms'])} | "
+                f"{_fmt(run['throughput_rps'])} | | {_fmt(_ratio(run['p50_ms'], best_floor_p50(results, workload)), 2)} | |"
+            )
+    return lines
+
+
 def _batching_lines(results: dict) -> list[str]:
     """Forward time per image by batch size: whether micro-batching could pay here."""
-    rows = {threads: floor[BATCHING_KEY] for threads, floor in results.get("floor", {}).items() if BATCHING_KEY in floor}
+    rows = {f"{floor.get('engine', 'torchscript')}, {threads}": floor[BATCHING_KEY]
+            for key in ("floor", "floor_torchscript")
+            for threads, floor in results.get(key, {}).items() if BATCHING_KEY in floor}
     if not rows:
         return []
     sizes = sorted({int(size) for row in rows.values() for size in row})
@@ -199,10 +221,10 @@ def _batching_lines(results: dict) -> list[str]:
         "Micro-batching: the forward pass alone, milliseconds per image, by batch size (floor "
         "process, random input). Batching pays only if images cost less in larger batches.",
         "",
-        "| threads | " + " | ".join(f"batch {size}" for size in sizes) + " |",
+        "| engine, threads | " + " | ".join(f"batch {size}" for size in sizes) + " |",
         "| --- | " + " | ".join("---:" for _ in sizes) + " |",
     ]
-    for threads in sorted(rows, key=int):
+    for threads in rows:
         lines.append(f"| {threads} | " + " | ".join(_fmt(rows[threads].get(str(size), rows[threads].get(size)), 2)
                                                    for size in sizes) + " |")
     return lines
@@ -242,7 +264,8 @@ def plot(results: dict, path: Path) -> None:
 
     concurrency = results["settings"]["concurrency"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"ours": ("tab:green", "o"), "reference": ("tab:red", "s"), "litserve": ("tab:blue", "^")}
+    styles = {"ours": ("tab:green", "o"), "ours-torchscript": ("tab:olive", "D"),
+              "reference": ("tab:red", "s"), "litserve": ("tab:blue", "^")}
     for name in CONTENDER_ORDER:
         server = results["servers"].get(name)
         if not server:

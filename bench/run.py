@@ -27,15 +27,16 @@ from .load import run_locust
 from .workload import build_workloads
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTENDERS = {"ours": servers.ours, "reference": servers.reference, "litserve": servers.litserve}
+CONTENDERS = {"ours": servers.ours, "ours-torchscript": servers.ours_torchscript,
+              "reference": servers.reference, "litserve": servers.litserve}
 WARMUP_REQUESTS = 10
 BATCH_SIZES = (1, 2, 4, 8)  # the floor also times the forward pass alone at these
 
 
-def run_floor(model: Path, threads: int, plan: list[tuple[str, Path, int]], work: Path) -> dict:
-    out = work / f"floor-{threads}.json"
+def run_floor(model: Path, threads: int, plan: list[tuple[str, Path, int]], work: Path, engine: str = "auto") -> dict:
+    out = work / f"floor-{engine}-{threads}.json"
     command = [sys.executable, "-m", "bench.floor", "--model", str(model), "--threads", str(threads), "--out", str(out),
-               "--batch-sizes", *map(str, BATCH_SIZES)]
+               "--engine", engine, "--batch-sizes", *map(str, BATCH_SIZES)]
     for name, payload_list, count in plan:
         command += ["--workload", name, str(payload_list), str(count)]
     subprocess.run(command, cwd=ROOT, env=servers.clean_env(), check=True)
@@ -84,7 +85,7 @@ def machine_info() -> dict:
         "memory_gb": round(memory_kb / 1e6, 1),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "packages": _versions("torch", "gunicorn", "flask", "litserve", "locust", "pillow"),
+        "packages": _versions("torch", "onnxruntime", "gunicorn", "flask", "litserve", "locust", "pillow"),
     }
 
 
@@ -135,7 +136,8 @@ def main(argv=None) -> int:
         "model": {"file": model.name, **model_meta(model)},
         "settings": {"requests": args.requests, "big_requests": args.big_requests,
                      "concurrency": args.concurrency, "warmup_requests": WARMUP_REQUESTS},
-        "floor": {},
+        "floor": {},  # on the engine our service picks by default: the targets' floor
+        "floor_torchscript": {},  # on the engine the reference app and LitServe run
         "servers": {},
     }
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
@@ -150,6 +152,8 @@ def main(argv=None) -> int:
             for threads in sorted({1, results["machine"]["cores"]}):
                 print(f"[bench] floor, {threads} thread(s)", flush=True)
                 results["floor"][str(threads)] = run_floor(model, threads, floor_plan, work)
+                print(f"[bench] floor, TorchScript, {threads} thread(s)", flush=True)
+                results["floor_torchscript"][str(threads)] = run_floor(model, threads, floor_plan, work, "torchscript")
         plan = [("dataset", lists["dataset"], args.requests, c) for c in args.concurrency] + [
             (name, lists[name], args.big_requests, 1) for name in big]
         probe = workloads["dataset"].files[0]

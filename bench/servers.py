@@ -28,7 +28,8 @@ from .http_form import multipart_body
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # Settings of ours that the caller's shell might hold; the benchmark serves the defaults.
-_OUR_SETTINGS = ("WEB_CONCURRENCY", "TORCH_THREADS", "GUNICORN_TIMEOUT", "MAX_REQUESTS", "MODEL_PATH")
+_OUR_SETTINGS = ("WEB_CONCURRENCY", "TORCH_THREADS", "GUNICORN_TIMEOUT", "MAX_REQUESTS", "MODEL_PATH",
+                 "INFERENCE_ENGINE", "ONNX_MODEL_PATH")
 
 
 @dataclass
@@ -86,10 +87,20 @@ def ours(port: int, model: Path) -> Contender:
         title="ours (Procfile)",
         command=["sh", "-c", f"exec {command}"],
         cwd=ROOT,
-        env=clean_env(PORT=str(port), MODEL_PATH=str(model)),
+        # The ONNX copy beside the model, where `make variants` puts it (model.onnx for model.zip).
+        env=clean_env(PORT=str(port), MODEL_PATH=str(model), ONNX_MODEL_PATH=str(model.with_suffix(".onnx"))),
         readiness="health",
-        config="the Procfile's `web` command with gunicorn.conf.py defaults",
+        config="the Procfile's `web` command with gunicorn.conf.py defaults (engine: auto)",
     )
+
+
+def ours_torchscript(port: int, model: Path) -> Contender:
+    """Our service on the engine LitServe and the reference app use: servers compared alike."""
+    contender = ours(port, model)
+    contender.env["INFERENCE_ENGINE"] = "torchscript"
+    contender.name, contender.title = "ours-torchscript", "ours, TorchScript engine"
+    contender.config = "the Procfile's `web` command, INFERENCE_ENGINE=torchscript"
+    return contender
 
 
 def reference(port: int, model: Path, workers: int = 2) -> Contender:

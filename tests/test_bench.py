@@ -6,11 +6,14 @@ No timing is asserted: this proves the command works, not how fast anything is.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import psutil
 import pytest
+
+from training.onnx_variants import export_onnx
 
 from .conftest import ROOT
 
@@ -22,7 +25,10 @@ CONCURRENCY = (1, 2)
 @pytest.fixture(scope="module")
 def bench_run(tiny_model_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    command = [sys.executable, "-m", "bench.run", "--out", str(out), "--model", str(tiny_model_path),
+    # The model with its ONNX copy beside it, as model.zip has model.onnx.
+    model = shutil.copyfile(tiny_model_path, out / "tiny.zip")
+    export_onnx(model, out / "tiny.onnx")
+    command = [sys.executable, "-m", "bench.run", "--out", str(out), "--model", str(model),
                "--requests", "6", "--big-requests", "2", "--concurrency", *map(str, CONCURRENCY)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -31,7 +37,7 @@ def bench_run(tiny_model_path, tmp_path_factory):
 
 def test_every_contender_ran_every_load_without_errors(bench_run):
     _, results = bench_run
-    assert set(results["servers"]) == {"ours", "reference", "litserve"}
+    assert set(results["servers"]) == {"ours", "ours-torchscript", "reference", "litserve"}
     for name, server in results["servers"].items():
         loads = {(run["workload"], run["concurrency"]) for run in server["runs"]}
         assert loads == {("dataset", c) for c in CONCURRENCY} | {("12mp", 1), ("12mp-detailed", 1)}, name
@@ -40,10 +46,12 @@ def test_every_contender_ran_every_load_without_errors(bench_run):
             assert run["requests"] == (6 if run["workload"] == "dataset" else 2)
             assert 0 < run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"]
         assert server["cold_start_s"] > 0 and server["peak_rss_mb"] > 0 and server["processes"] >= 2
-    assert set(results["floor"]) == {"1", str(results["machine"]["cores"])}
-    for floor in results["floor"].values():
-        assert set(floor) == {"dataset", "12mp", "12mp-detailed", "forward_ms_per_image_by_batch"}
-        assert set(floor["forward_ms_per_image_by_batch"]) == {"1", "2", "4", "8"}
+    for key, engine in [("floor", "onnxruntime"), ("floor_torchscript", "torchscript")]:
+        assert set(results[key]) == {"1", str(results["machine"]["cores"])}
+        for floor in results[key].values():
+            assert set(floor) == {"engine", "dataset", "12mp", "12mp-detailed", "forward_ms_per_image_by_batch"}
+            assert floor["engine"] == engine  # the service's default engine found the ONNX copy
+            assert set(floor["forward_ms_per_image_by_batch"]) == {"1", "2", "4", "8"}
 
 
 def test_results_md_has_the_targets_every_row_and_the_plot(bench_run):
@@ -51,10 +59,11 @@ def test_results_md_has_the_targets_every_row_and_the_plot(bench_run):
     text = (out / "RESULTS.md").read_text()
     assert "## Ours against the targets" in text and "machine's limit" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    for title in ("ours (Procfile)", "reference app", "LitServe"):
+    for title in ("ours (Procfile)", "ours, TorchScript engine", "reference app", "LitServe"):
         assert sum(row.startswith(f"| {title} | dataset |") for row in rows) == len(CONCURRENCY)
         assert any(row.startswith(f"| {title} | 12mp |") for row in rows)
-    assert sum(row.startswith("| floor, ") for row in rows) == 3 * len(results["floor"])
+    assert sum(row.startswith("| floor (onnxruntime), ") for row in rows) == 3 * len(results["floor"])
+    assert sum(row.startswith("| floor (torchscript), ") for row in rows) == 3 * len(results["floor_torchscript"])
     assert "load average" in text.lower() and results["commit"].split()[0] in text
     assert "](results.png)" in text
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
