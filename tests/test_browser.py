@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from werkzeug.serving import make_server
 
 from app import create_app
@@ -246,6 +247,22 @@ def test_an_image_can_be_dropped_or_pasted(open_page, servers, data_dir, dataset
     expect(history(page)).to_have_count(2)
 
 
+def open_chooser_by_keyboard(page: Page, attempts: int = 3):
+    """Press Space on the focused file input, as a person would, and return the chooser.
+
+    Headless Chromium now and then drops the chooser a key press asks for (about one run in
+    ten here, with no error anywhere); a person would press again, and so does this.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with page.expect_file_chooser(timeout=5000) as chooser_opened:
+                page.keyboard.press("Space")  # a file input is a button: Space opens it
+            return chooser_opened.value
+        except PlaywrightTimeoutError:
+            if attempt == attempts:
+                raise
+
+
 def test_keyboard_and_screen_reader_can_use_it(open_page, servers, dataset_jpeg):
     page = open_page(servers.api)
     expect(page.locator("#classes-box")).to_be_visible()  # the model answered: its classes are listed
@@ -255,9 +272,7 @@ def test_keyboard_and_screen_reader_can_use_it(open_page, servers, dataset_jpeg)
     expect(chooser).to_be_focused()
     outline = page.locator("label[for=file-input]").evaluate("label => getComputedStyle(label).outlineStyle")
     assert outline == "solid"  # focus is visible on the button the person sees
-    with page.expect_file_chooser() as chooser_opened:
-        page.keyboard.press("Space")  # a file input is a button: Space opens it
-    chooser_opened.value.set_files(dataset_jpeg)
+    open_chooser_by_keyboard(page).set_files(dataset_jpeg)
     expect(status(page)).to_have_text(re.compile(r"^airplane00\.jpg: airplane, "))
     expect(chooser).to_be_focused()  # the result is announced; focus stays where the person is
 
