@@ -405,6 +405,8 @@ def api_error(status: int, code: str, message: str = "A message for curl users."
         (api_error(415, "unsupported_type"), "This kind of file is not supported. Choose a JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC image."),
         (api_error(400, "empty_file"), "This file is empty. Choose another image."),
         (api_error(503, "model_not_ready"), "The classifier is still starting up. Try again in a few seconds."),
+        (api_error(401, "unauthorized"), "This classifier needs an API key, and this page has none to send. Ask its owner for access, or use the API with its key."),
+        (api_error(408, "request_timeout"), "The upload was too slow and the classifier stopped waiting. Check your connection and try again."),
         (api_error(500, "internal_error"), "The classifier failed on this image. Try again, or try another image."),
         (api_error(422, "a_code_added_later", "The server's own sentence."), "The server's own sentence."),
         (
@@ -415,7 +417,7 @@ def api_error(status: int, code: str, message: str = "A message for curl users."
         ("abort", f"Could not reach the classifier at {{api_host}}. It may be offline, or it may not accept requests from this page ({{page_origin}})."),
     ],
     ids=["payload_too_large", "image_too_large", "unsupported_type", "empty_file", "model_not_ready",
-         "internal_error", "unknown_code", "html_traceback", "not_json", "network"],
+         "unauthorized", "request_timeout", "internal_error", "unknown_code", "html_traceback", "not_json", "network"],
 )
 def test_every_api_error_becomes_a_sentence(open_page, servers, dataset_jpeg, reply, sentence):
     page = open_page(servers.api)

@@ -15,6 +15,10 @@ const SENTENCES = {
   empty_file: () => "This file is empty. Choose another image.",
   missing_file: () => "The image did not reach the classifier. Try again.",
   model_not_ready: () => "The classifier is still starting up. Try again in a few seconds.",
+  unauthorized: () =>
+    "This classifier needs an API key, and this page has none to send. Ask its owner for access, or use the API with its key.",
+  request_timeout: () => "The upload was too slow and the classifier stopped waiting. Check your connection and try again.",
+  incomplete_body: () => "The upload was cut off before it finished. Try again.",
   not_found: ({ apiLabel }) => `There is no classifier at ${apiLabel}. Check the API address.`,
   method_not_allowed: ({ apiLabel }) => `There is no classifier at ${apiLabel}. Check the API address.`,
   network: ({ apiLabel, pageOrigin }) =>
