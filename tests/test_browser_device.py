@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from classifier.images import decode_image, resize_for_model
 
 from .conftest import ROOT
 from .servers import procfile_server
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, page_server
+from .test_browser import DESKTOP, browser, page_server  # noqa: F401 (browser: the shared fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -40,15 +40,6 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("device") / "gunicorn.log"
     with procfile_server(log_path=log) as (url, _):
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert Path(CHROMIUM).is_file(), f"No Chromium at {CHROMIUM}: `make test` installs it."
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
