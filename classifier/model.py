@@ -27,7 +27,7 @@ QUANTIZED_ENGINE = "quantized_engine"
 class LoadedModel:
     """A checked, warmed-up model and what it says about itself."""
 
-    module: torch.jit.ScriptModule
+    module: torch.jit.ScriptModule | None  # None once another engine answers for it
     labels: tuple[str, ...]
     meta: dict = field(default_factory=dict)
     path: str = ""

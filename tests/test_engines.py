@@ -55,6 +55,14 @@ def test_auto_serves_a_verified_onnx_copy_with_the_same_answers(tiny_model_path,
         assert max(abs(a - b) for (_, a), (_, b) in zip(got.top, expected.top)) < 1e-5
 
 
+def test_an_onnx_served_worker_holds_no_idle_memory(tiny_model_path, tiny_onnx):
+    classifier = Classifier.setup(tiny_model_path, threads=1, engine="auto", onnx_path=tiny_onnx)
+    assert classifier.model.module is None  # the TorchScript reference is freed once checked
+    assert classifier.engine.session.get_session_options().enable_cpu_mem_arena is False
+    kept = Classifier.setup(tiny_model_path, threads=1, engine="auto", onnx_path=None)
+    assert kept.model.module is not None  # the one that answers is kept
+
+
 def test_onnx_engine_takes_any_batch_size(tiny_model_path, tiny_onnx):
     classifier = Classifier.setup(tiny_model_path, threads=1, engine="onnxruntime", onnx_path=tiny_onnx)
     results = classifier.classify_many([RED, b"not an image", BLUE, GREEN])
@@ -124,7 +132,7 @@ def test_the_shipped_model_is_served_by_onnx_runtime_with_torchscripts_answers(d
     # model.onnx beside model.zip is what `make variants` made from it; if it goes stale
     # (a new model.zip without a new copy) this fails, as the service would run slower.
     served = Classifier.setup(ROOT / "model.zip", threads=1, engine="auto", onnx_path=ROOT / "model.onnx")
-    reference = Classifier(served.model)  # the TorchScript engine on the same file
+    reference = Classifier.setup(ROOT / "model.zip", threads=1, engine="torchscript")
     assert served.engine.name == "onnxruntime"
     data = dataset_jpeg.read_bytes()
     got, expected = served.classify(data, top_k=16), reference.classify(data, top_k=16)
