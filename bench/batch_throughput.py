@@ -105,10 +105,14 @@ def markdown(results: list[Measured], data: Path, count: int, reps: int, load_be
         f"- **Machine**: {machine_description()}; load average (1/5/15 min) {load_before} before, "
         f"{load_after} after (a shared machine)",
         "- **Batch command**: `flask --app app predict FOLDER --output /dev/null --batch-size N`, "
-        "torch threads = all cores (`TORCH_THREADS` unset, no gunicorn workers to share with), "
-        "decoding in threads; its own rate (model load excluded), and its wall time with start-up.",
+        "one forward pass per core side by side (`--lanes` = all cores, `TORCH_THREADS` unset: no "
+        "gunicorn workers to share with), decoding in threads; its own rate (model load excluded), "
+        "and its wall time with start-up.",
         "- **HTTP**: `POST /predict` (multipart, one image per request, a new connection each) to the "
-        "Procfile's gunicorn on loopback: 2 workers × 1 torch thread, as deployed.",
+        "Procfile's gunicorn on loopback: 2 workers × 1 inference thread, as deployed.",
+        "- **Engine**: both paths run the service's default (`INFERENCE_ENGINE=auto`): ONNX Runtime "
+        "where a verified ONNX copy of the model file sits beside it (`model.onnx` is `model.zip`'s), "
+        "TorchScript otherwise (the int8 file has no ONNX copy).",
         f"- **Method**: {reps} runs of each, interleaved in random order; the median (and the range).",
         "",
         "| path | setting | model | images/s (median) | range | wall time incl. start-up |",
