@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from tests.servers import free_port, procfile_command  # noqa: F401 (free_port: used by bench.run)
 
 from .http_form import multipart_body
 
@@ -58,12 +59,6 @@ class Contender:
             return False
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def clean_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in _OUR_SETTINGS}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -71,17 +66,9 @@ def clean_env(**extra) -> dict:
     return env
 
 
-def procfile_web_command() -> str:
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        name, _, command = line.partition(":")
-        if name.strip() == "web":
-            return command.strip()
-    raise LookupError("no web process in the Procfile")
-
-
 def ours(port: int, model: Path) -> Contender:
     """Our service exactly as the platform starts it: the Procfile's web command, defaults."""
-    command = procfile_web_command().replace("0.0.0.0:$PORT", f"127.0.0.1:{port}")
+    command = procfile_command().replace("0.0.0.0:$PORT", f"127.0.0.1:{port}")
     return Contender(
         name="ours",
         title="ours (Procfile)",
