@@ -64,7 +64,6 @@ class OnnxRuntimeEngine:
         options.enable_cpu_mem_arena = False
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        self.path = str(path)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         (logits,) = self.session.run(None, {self.input_name: batch.contiguous().numpy()})

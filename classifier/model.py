@@ -59,15 +59,14 @@ def load_model(path: str | Path, warmup_runs: int = 3) -> LoadedModel:
     if not path.is_file():
         raise ModelContractError(f"Model file not found: {path}")
     started = time.perf_counter()
-    _use_quantized_engine(read_meta(path), path)
-    extra_files = {META_FILE: ""}
+    meta = read_meta(path)
+    _use_quantized_engine(meta, path)
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
+        module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError, ValueError or zipfile errors
         raise ModelContractError(f"{path} is not a TorchScript file: {exc}") from exc
     module.eval()
     labels = _read_labels(module, path)
-    meta = _read_meta(extra_files[META_FILE], path)
     _check_forward(module, labels, path, runs=max(1, warmup_runs))
     return LoadedModel(
         module=module,
