@@ -11,40 +11,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from classifier.engines import OnnxRuntimeEngine, TorchScriptEngine
 from classifier.model import load_model
 
 
 class TorchScriptRuntime:
-    """A model file loaded by the service's own loader: what gunicorn's workers would run."""
+    """A model file loaded by the service's own loader, run by the service's own engine."""
 
     engine = "torch (TorchScript)"
 
     def __init__(self, path: str | Path, threads: int):
         torch.set_num_threads(threads)
-        self.module = load_model(path).module
+        self.run = TorchScriptEngine(load_model(path))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return self.module(torch.from_numpy(batch)).float().numpy()
+        return self.run(torch.from_numpy(batch)).float().numpy()
 
 
 class OnnxRuntime:
-    """An ONNX file in ONNX Runtime's CPU engine, all graph optimisations on."""
+    """An ONNX file in the service's ONNX Runtime engine, set up as each worker sets it up."""
 
     engine = "ONNX Runtime (CPU)"
 
     def __init__(self, path: str | Path, threads: int):
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        self.run = OnnxRuntimeEngine(path, threads)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+        return self.run(torch.from_numpy(batch)).numpy()
 
 
 def probabilities(runtime, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
