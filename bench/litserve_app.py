@@ -16,8 +16,9 @@ import os
 import litserve as ls
 import torch
 
-from classifier.images import decode_image, to_tensor
+from classifier.images import decode_image
 from classifier.model import load_model
+from classifier.pipeline import Classifier
 
 
 class ClassifierAPI(ls.LitAPI):
@@ -30,7 +31,7 @@ class ClassifierAPI(ls.LitAPI):
 
     def setup(self, device):
         torch.set_num_threads(self.threads)
-        self.model = load_model(self.model_path)
+        self.classifier = Classifier(load_model(self.model_path))  # our TorchScript engine
 
     def decode_request(self, request):
         upload = request["file"]
@@ -39,14 +40,12 @@ class ClassifierAPI(ls.LitAPI):
     def predict(self, images):
         # One image, or a list of them when LitServe batches (--max-batch-size > 1).
         batch = images if isinstance(images, list) else [images]
-        with torch.inference_mode():
-            logits = self.model.module(to_tensor(batch))
-        probabilities = torch.softmax(logits.float(), dim=1)
+        probabilities = self.classifier.predict(batch)
         return list(probabilities) if isinstance(images, list) else probabilities[0]
 
     def encode_response(self, probabilities):
         score, index = torch.max(probabilities, dim=0)
-        return {"label": self.model.labels[int(index)], "score": round(float(score), 6)}
+        return {"label": self.classifier.labels[int(index)], "score": round(float(score), 6)}
 
 
 def main(argv=None) -> None:

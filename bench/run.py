@@ -19,8 +19,9 @@ import platform
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
+
+from classifier.model import read_meta
 
 from . import report, servers
 from .load import run_locust
@@ -109,12 +110,6 @@ def git_commit() -> str:
     return commit + (" (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def model_meta(model: Path) -> dict:
-    with zipfile.ZipFile(model) as archive:
-        name = next((n for n in archive.namelist() if n.endswith("/extra/meta.json")), None)
-        return json.loads(archive.read(name)) if name else {}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench", help="where RESULTS.md and results.* go")
@@ -133,7 +128,7 @@ def main(argv=None) -> int:
         "commit": git_commit(),
         "machine": machine_info(),
         "load_average_start": os.getloadavg(),
-        "model": {"file": model.name, **model_meta(model)},
+        "model": {"file": model.name, **read_meta(model)},
         "settings": {"requests": args.requests, "big_requests": args.big_requests,
                      "concurrency": args.concurrency, "warmup_requests": WARMUP_REQUESTS},
         "floor": {},  # on the engine our service picks by default: the targets' floor

@@ -59,7 +59,7 @@ def export_model(
     wrapped = torch.jit.script(ServedModel(traced, labels, mean, std).eval())
     # Freezing inlines weights as constants for speed; `labels` must be kept by name.
     frozen = torch.jit.freeze(wrapped, preserved_attrs=["labels"])
-    full_meta = {"classes": len(labels), "input_size": list(INPUT_SIZE), **meta}
+    full_meta = {**meta, "classes": len(labels), "input_size": list(INPUT_SIZE)}  # what the file holds wins
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.save(frozen, str(path), _extra_files={META_FILE: json.dumps(full_meta, indent=2)})
     return path

@@ -50,8 +50,6 @@ def quantize_torchscript_int8(
         "source": {"file": Path(model_path).name, "sha256": file_sha256(model_path)},
         "calibration_images": len(calibration_images),
     }
-    for key in ("classes", "input_size"):  # export_model writes them again
-        meta.pop(key, None)
     previous = torch.backends.quantized.engine
     torch.backends.quantized.engine = ENGINE
     try:

@@ -67,7 +67,6 @@ class Variant:
     path: Path
     runtime: type
     served_by_the_service: bool  # the service can run it: via MODEL_PATH, or as the ONNX copy
-    note: str = ""
 
 
 @dataclass
@@ -135,8 +134,8 @@ def build_variants(model_path: str | Path, paths: VariantPaths, calibration_imag
     quantize_torchscript_int8(model_path, paths.torchscript_int8, calibration_images)
     log(f"quantised {paths.torchscript_int8} in {time.perf_counter() - started:.0f}s")
     return [
-        Variant("TorchScript float32", Path(model_path), TorchScriptRuntime, True, "the model file"),
-        Variant("ONNX float32", paths.onnx, OnnxRuntime, True, "served, and the browser's model"),
+        Variant("TorchScript float32", Path(model_path), TorchScriptRuntime, True),
+        Variant("ONNX float32", paths.onnx, OnnxRuntime, True),
         Variant("ONNX int8 (static, QDQ)", paths.onnx_int8, OnnxRuntime, False),
         Variant("TorchScript int8 (FX, oneDNN)", paths.torchscript_int8, TorchScriptRuntime, True),
     ]
@@ -151,10 +150,11 @@ def measure_variants(
 ) -> list[Measured]:
     """Accuracy and agreement on every validation image; interleaved latency at each batch size."""
     runtimes = {variant.name: variant.runtime(variant.path, threads) for variant in variants}
-    reference = probabilities(runtimes[variants[0].name], val_images)
+    answers_by_variant = {variant.name: probabilities(runtimes[variant.name], val_images) for variant in variants}
+    reference = answers_by_variant[variants[0].name]
     rows = []
     for variant in variants:
-        answers = probabilities(runtimes[variant.name], val_images)
+        answers = answers_by_variant[variant.name]
         changed = reference.argmax(1) != answers.argmax(1)
         reference_right = reference.argmax(1) == val_targets
         rows.append(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -23,9 +23,6 @@ class Agreement:
     top1_agreement: float
     max_probability_difference: float
     accuracy: float  # of the second way, against the true classes
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def agreement(reference: torch.Tensor, other: torch.Tensor, targets: torch.Tensor) -> Agreement:
