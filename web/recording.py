@@ -1,0 +1,124 @@
+"""Every prediction the API answers is written to the monitoring database (web/db.py).
+
+Recording never fails a prediction: whatever goes wrong with the database, the answer goes
+out, the loss is counted in /metrics (``prediction_records_lost_total`` by reason) and
+logged. After a failure the database is left alone for ``RETRY_AFTER_S``, so a database
+that hangs costs one connect timeout, not one per request. Old rows are pruned now and then
+(``RETENTION_DAYS``, ``RETENTION_MAX_PREDICTIONS``). With ``KEEP_IMAGES`` the 224x224 copy
+of each image the model saw is stored beside its prediction, as a PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import Sequence
+
+from flask import current_app
+from prometheus_client import Counter
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from classifier.errors import InputError
+from classifier.images import decode_image, resize_for_model
+from classifier.pipeline import Classifier, Prediction
+
+from . import db
+from .access_log import request_id
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5.0
+PRUNE_EVERY_S = 60.0
+
+PREDICTIONS = Counter("model_predictions", "Predictions answered, by model, version and predicted label.",
+                      ["model", "version", "label"])
+RECORDED = Counter("prediction_records", "Predictions written to the monitoring database.")
+RECORDS_LOST = Counter("prediction_records_lost",
+                       "Predictions answered but not written to the monitoring database, by reason.",
+                       ["reason"])
+
+
+class _State:
+    """Per-process: when the database may be tried again, and when to prune next."""
+
+    def __init__(self):
+        self.retry_at = 0.0
+        self.prune_at = 0.0
+
+
+def record_predictions(classifier: Classifier, uploads: Sequence[bytes],
+                       results: Sequence[Prediction | InputError]) -> None:
+    """Count and store the predictions of this request (errors in a batch are skipped)."""
+    model = classifier.model
+    answered = [(item, upload, result) for item, (upload, result) in enumerate(zip(uploads, results))
+                if isinstance(result, Prediction)]
+    for _, _, prediction in answered:
+        PREDICTIONS.labels(model.name, model.version, prediction.top[0][0]).inc()
+    config = current_app.config
+    if not answered or not config["RECORD_PREDICTIONS"]:
+        return
+    database = db.get_database()
+    state = current_app.extensions.setdefault(f"{db.EXTENSION_KEY}.recording", _State())
+    if time.monotonic() < state.retry_at:
+        RECORDS_LOST.labels("database_unavailable").inc(len(answered))
+        return
+    now = db.utcnow()
+    rows = [
+        {
+            "request_id": request_id(),
+            "item": item,
+            "created_at": now,
+            "model_name": model.name,
+            "model_version": model.version,
+            "label": prediction.top[0][0],
+            "score": prediction.top[0][1],
+            "top": [[label, score] for label, score in prediction.top],
+            "image": kept_image(upload, classifier.max_pixels) if config["KEEP_IMAGES"] else None,
+        }
+        for item, upload, prediction in answered
+    ]
+    try:
+        connection = db.get_db()
+        with connection.begin():
+            connection.execute(insert(db.predictions), rows)
+    except IntegrityError:
+        # The client sent an X-Request-ID that an earlier request already used.
+        RECORDS_LOST.labels("duplicate_request_id").inc(len(rows))
+        log.warning("prediction not recorded: request id %r was already recorded", request_id())
+        return
+    except SQLAlchemyError as error:
+        state.retry_at = time.monotonic() + RETRY_AFTER_S
+        db.close_db()
+        RECORDS_LOST.labels("database_unavailable").inc(len(rows))
+        log.error("prediction %s not recorded, the monitoring database failed: %s (next try in %.0fs)",
+                  request_id(), db.error_reason(error), RETRY_AFTER_S)
+        return
+    RECORDED.inc(len(rows))
+    if time.monotonic() >= state.prune_at:
+        state.prune_at = time.monotonic() + PRUNE_EVERY_S
+        prune_old_predictions(connection)
+
+
+def prune_old_predictions(connection) -> None:
+    config = current_app.config
+    try:
+        with connection.begin():
+            removed = db.prune(connection, config["RETENTION_DAYS"], config["RETENTION_MAX_PREDICTIONS"])
+    except SQLAlchemyError as error:
+        log.warning("could not prune old predictions: %s", db.error_reason(error))
+        return
+    if removed:
+        log.info("pruned %d predictions past the retention limits", removed)
+
+
+def kept_image(upload: bytes, max_pixels: int) -> bytes | None:
+    """The image as the model saw it (decoded, upright, 224x224), as PNG bytes."""
+    try:
+        image = resize_for_model(decode_image(upload, max_pixels=max_pixels))
+    except InputError:  # it was classified, so it decodes; but never fail the answer
+        return None
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
