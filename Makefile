@@ -11,12 +11,12 @@ PIP = $(VENV)/bin/pip install --retries $(PIP_RETRIES) --disable-pip-version-che
 export CHROMIUM ?= /usr/bin/chromium
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test test-deploy bench install install-dev variants vendor
+.PHONY: run test test-deploy bench install install-dev variants vendor postgresql-server
 
 run: $(VENV)/.run-installed
 	PORT=$(PORT) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sh -c "$$(sed -n 's/^web: //p' Procfile)"
 
-test: $(VENV)/.dev-installed $(CHROMIUM)
+test: $(VENV)/.dev-installed $(CHROMIUM) postgresql-server
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The git-push deploy test builds a whole release from scratch (several minutes), so it has
@@ -47,6 +47,13 @@ $(CHROMIUM):
 	@command -v apt-get >/dev/null || { echo "The browser tests need Chromium at $(CHROMIUM): install it, or set CHROMIUM=/path/to/chromium."; exit 1; }
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-dejavu-core
+
+# The monitoring tests start their own PostgreSQL server (tests/postgres.py) from Debian's
+# package; set POSTGRES_BIN to use binaries elsewhere.
+postgresql-server:
+	@ls $(or $(POSTGRES_BIN),/usr/lib/postgresql/*/bin)/initdb >/dev/null 2>&1 || { \
+	  command -v apt-get >/dev/null || { echo "The monitoring tests need PostgreSQL's server binaries: install them, or set POSTGRES_BIN."; exit 1; }; \
+	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
 
 # The model's other forms (ONNX for the browser, int8) and docs/model-variants.md, from model.zip.
 variants: $(VENV)/.dev-installed

@@ -226,7 +226,8 @@ def _monitoring_paths(app: Flask) -> dict:
                         "name": "window",
                         "in": "query",
                         "required": False,
-                        "description": "How far back to look: a whole number and s, m, h or d (at most 3650d).",
+                        "description": "How far back to look: a whole number and s, m, h or d (at most 3650d); empty means the default.",
+                        "allowEmptyValue": True,
                         "schema": {"type": "string", "pattern": "^[0-9]{1,7}[smhd]$",
                                    "default": app.config["MONITORING_WINDOW"]},
                     }
