@@ -1,4 +1,4 @@
-// Talking to the classification API: where it is, POST /predict, GET /model.
+// Talking to the classification API: where it is, POST /predict, GET /model, POST /feedback.
 // Every failure becomes an ApiError with a code, so the page can say what happened in words.
 
 const REQUEST_TIMEOUT_MS = 60_000;
@@ -35,13 +35,24 @@ export async function classify(base, file) {
   form.append("file", file, file.name || "image");
   const started = performance.now();
   // No ?top=: the server's default is the 5 best classes, capped at the model's class count.
-  const body = await request(`${base}/predict`, { method: "POST", body: form });
+  const { body, response } = await send(`${base}/predict`, { method: "POST", body: form });
   const elapsedMs = performance.now() - started;
   if (typeof body.label !== "string" || typeof body.score !== "number") {
     throw new ApiError("bad_response", { status: 200 });
   }
   const top = Array.isArray(body.top) && body.top.length ? body.top : [{ label: body.label, score: body.score }];
-  return { label: body.label, score: body.score, top, elapsedMs };
+  // The answer's id names it in feedback (POST /feedback); "" if a proxy dropped the header.
+  const requestId = response.headers.get("X-Request-ID") || "";
+  return { label: body.label, score: body.score, top, elapsedMs, requestId };
+}
+
+/** Tell the server the right class of an earlier answer; resolves to {correct, replaced, ...}. */
+export function sendFeedback(base, requestId, label) {
+  return request(`${base}/feedback`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ request_id: requestId, label }),
+  });
 }
 
 /** The model's metadata from GET /model: name, version, labels, ... */
@@ -50,6 +61,11 @@ export function describeModel(base) {
 }
 
 async function request(url, init) {
+  return (await send(url, init)).body;
+}
+
+/** The parsed body and the response (for its headers), or an ApiError. */
+async function send(url, init) {
   let response;
   try {
     // No cookies: the API needs none, and a cross-origin call stays a simple CORS request.
@@ -74,5 +90,5 @@ async function request(url, init) {
   if (body === null || typeof body !== "object") {
     throw new ApiError("bad_response", { status: response.status });
   }
-  return body;
+  return { body, response };
 }
