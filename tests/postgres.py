@@ -51,7 +51,8 @@ def _server_user() -> str | None:
 class PostgresServer:
     """One throw-away cluster; ``new_database()`` gives each test a database of its own."""
 
-    def __init__(self):
+    def __init__(self, durable: bool = False):
+        self.durable = durable  # fsync on, as in production (the benchmark); off for tests
         self.bin = postgres_bin()
         self.user = _server_user()
         # Not pytest's tmp_path: its parents are private to root, and the server user must reach it.
@@ -74,7 +75,9 @@ class PostgresServer:
     def start(self) -> None:
         # No TCP (listen_addresses empty), the socket in our folder, durability off: a test
         # database needs none, and fsyncs would only slow the tests.
-        options = f"-c listen_addresses='' -k {self.socket_dir} -c fsync=off -c full_page_writes=off"
+        options = f"-c listen_addresses='' -k {self.socket_dir}"
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off"
         result = self._run("pg_ctl", "start", "-D", str(self.data), "-w", "-t", "60",
                            "-l", str(self.log), "-o", options, check=False)
         if result.returncode != 0:

@@ -41,7 +41,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 log = logging.getLogger(__name__)
 
@@ -128,16 +128,19 @@ def make_engine(url: str) -> Engine:
         path = make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, pool_pre_ping=True, connect_args={"timeout": CONNECT_TIMEOUT_S})
+        engine = create_engine(url, connect_args={"timeout": CONNECT_TIMEOUT_S})
         event.listen(engine, "connect", _tune_sqlite)
         return engine
     return create_engine(
         url,
         pool_size=2,
         max_overflow=4,
-        # A connection the server dropped (a restart) is noticed before it fails a request.
-        pool_pre_ping=True,
-        connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+        # No pre-ping (a round trip per request): a connection the server dropped (a restart)
+        # fails its statement, and `run` tries once more on a fresh one.
+        # Commits return before they reach the disk (a crash of the database loses the last
+        # fraction of a second of records, never corrupts them): every request pays for the
+        # prediction's record. `run(durable=True)`, the default, turns it back on for the rest.
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "options": "-c synchronous_commit=off"},
     )
 
 
@@ -209,6 +212,26 @@ def get_db() -> Connection:
         database.ensure_schema()
         g.db = database.engine.connect()
     return g.db
+
+
+def run(work, durable: bool = True):
+    """``work(connection)`` in a transaction on this request's connection; its result.
+
+    A connection the database dropped since it was last used (a restart, a fail-over) is
+    replaced once. ``durable=False``: PostgreSQL may answer before the commit reaches the
+    disk (see make_engine), for prediction records; feedback waits for it.
+    """
+    for attempt in (1, 2):
+        connection = get_db()
+        try:
+            with connection.begin():
+                if durable and connection.dialect.name == "postgresql":
+                    connection.execute(text("SET LOCAL synchronous_commit TO ON"))
+                return work(connection)
+        except DBAPIError as error:
+            close_db()
+            if attempt == 2 or not error.connection_invalidated:
+                raise
 
 
 def close_db(_error=None) -> None:

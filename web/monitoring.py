@@ -57,9 +57,8 @@ def feedback():
         return _model_not_ready()
     request_id, item, label = read_feedback(classifier.labels)
     try:
-        outcome = give_feedback(db.get_db(), request_id, item, label)
+        outcome = db.run(lambda connection: give_feedback(connection, request_id, item, label))
     except SQLAlchemyError as error:
-        db.close_db()
         log.error("feedback for %s not recorded: %s", request_id, db.error_reason(error))
         return _database_unavailable()
     if outcome is None:
@@ -109,15 +108,14 @@ def give_feedback(connection, request_id: str, item: int, label: str) -> dict | 
     """
     table = db.predictions
     where = and_(table.c.request_id == request_id, table.c.item == item)
-    with connection.begin():
-        row = connection.execute(select(table.c.label, table.c.feedback_label).where(where)).first()
-        if row is None:
-            return None
-        connection.execute(
-            update(table).where(where).values(
-                feedback_label=label, feedback_at=db.utcnow(), feedback_count=table.c.feedback_count + 1
-            )
+    row = connection.execute(select(table.c.label, table.c.feedback_label).where(where)).first()
+    if row is None:
+        return None
+    connection.execute(
+        update(table).where(where).values(
+            feedback_label=label, feedback_at=db.utcnow(), feedback_count=table.c.feedback_count + 1
         )
+    )
     return {
         "request_id": request_id,
         "item": item,
@@ -139,9 +137,8 @@ def monitoring_report():
     except ValueError as error:
         raise InvalidParameter(f"'window': {error}") from None
     try:
-        report = window_report(db.get_db(), classifier, seconds)
+        report = db.run(lambda connection: window_report(connection, classifier, seconds))
     except SQLAlchemyError as error:
-        db.close_db()
         log.error("monitoring figures unavailable: %s", db.error_reason(error))
         return _database_unavailable()
     return jsonify(report)
@@ -167,7 +164,6 @@ def window_report(connection, classifier, seconds: int) -> dict:
                table.c.created_at >= since)
         .group_by(table.c.label)
     ).all()
-    connection.rollback()  # end the read transaction: nothing holds a snapshot between requests
     by_label = {label: int(count) for label, count, *_ in sorted(rows)}
     total = sum(by_label.values())
     low = sum(int(row[2] or 0) for row in rows)
@@ -212,11 +208,10 @@ def scrape_figures() -> bytes:
     if classifier is not None:
         seconds = parse_duration(current_app.config["MONITORING_WINDOW"])
         try:
-            report = window_report(db.get_db(), classifier, seconds)
+            report = db.run(lambda connection: window_report(connection, classifier, seconds))
             up.add_metric([], 1)
             families = _window_families(report)
         except SQLAlchemyError as error:
-            db.close_db()
             up.add_metric([], 0)
             log.warning("monitoring figures left out of /metrics: %s", db.error_reason(error))
     else:
@@ -271,7 +266,7 @@ def export_feedback_command(directory: str) -> None:
     the same files.
     """
     try:
-        written, skipped = export_feedback(db.get_db(), Path(directory))
+        written, skipped = db.run(lambda connection: export_feedback(connection, Path(directory)))
     except SQLAlchemyError as error:
         raise click.ClickException(f"the monitoring database failed: {db.error_reason(error)}") from error
     classes = len({path.parent.name for path in written})
@@ -296,7 +291,6 @@ def export_feedback(connection, directory: Path) -> tuple[list[Path], int]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(row.image)
         written.append(path)
-    connection.rollback()
     return written, int(skipped or 0)
 
 
