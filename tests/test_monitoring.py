@@ -432,6 +432,23 @@ def test_a_stopped_database_fails_no_prediction(postgres, tiny_model_path, monke
     db.get_database(app).engine.dispose()
 
 
+def test_a_database_restart_between_requests_loses_no_record(postgres, tiny_model_path):
+    """The pooled connection dies with the old server; the next record takes a new one."""
+    app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_model_path), "TORCH_THREADS": 1,
+                      "DATABASE_URL": postgres.new_database()})
+    client = app.test_client()
+    try:
+        predict(client, RED)
+        lost = metric(client.get("/metrics").text, "prediction_records_lost_total", reason="database_unavailable")
+        postgres.stop()
+        postgres.start()
+        predict(client, GREEN)
+        assert [row.label for row in rows(app)] == ["red", "green"]
+        assert metric(client.get("/metrics").text, "prediction_records_lost_total", reason="database_unavailable") == lost
+    finally:
+        db.get_database(app).engine.dispose()
+
+
 def test_a_database_down_at_start_is_set_up_when_it_comes_back(postgres, tiny_model_path, monkeypatch):
     monkeypatch.setattr(recording, "RETRY_AFTER_S", 0)
     url = postgres.new_database()

@@ -202,20 +202,19 @@ def _iso(moment) -> str:
 def scrape_figures() -> bytes:
     """The window's figures for /metrics, in Prometheus text format (web/metrics.py adds them)."""
     classifier = get_classifier()
+    if classifier is None:  # no served model yet, so no figures for it
+        return b""
     registry = CollectorRegistry(auto_describe=False)
     families = []
     up = GaugeMetricFamily("monitoring_database_up", "1 when the monitoring database answered this scrape.")
-    if classifier is not None:
-        seconds = parse_duration(current_app.config["MONITORING_WINDOW"])
-        try:
-            report = db.run(lambda connection: window_report(connection, classifier, seconds))
-            up.add_metric([], 1)
-            families = _window_families(report)
-        except SQLAlchemyError as error:
-            up.add_metric([], 0)
-            log.warning("monitoring figures left out of /metrics: %s", db.error_reason(error))
-    else:
+    seconds = parse_duration(current_app.config["MONITORING_WINDOW"])
+    try:
+        report = db.run(lambda connection: window_report(connection, classifier, seconds))
+        up.add_metric([], 1)
+        families = _window_families(report)
+    except SQLAlchemyError as error:
         up.add_metric([], 0)
+        log.warning("monitoring figures left out of /metrics: %s", db.error_reason(error))
     families.append(up)
     registry.register(_Families(families))
     return generate_latest(registry)
