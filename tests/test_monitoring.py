@@ -449,6 +449,19 @@ def test_a_database_restart_between_requests_loses_no_record(postgres, tiny_mode
         db.get_database(app).engine.dispose()
 
 
+def test_a_sqlite_file_that_cannot_be_made_fails_no_prediction(tiny_model_path, tmp_path, caplog):
+    """A read-only folder (a container whose app user cannot write there), say."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_model_path), "TORCH_THREADS": 1,
+                      "DATABASE_URL": f"sqlite:///{blocker}/monitoring.sqlite"})
+    client = app.test_client()
+    lost = metric(client.get("/metrics").text, "prediction_records_lost_total", reason="database_unavailable")
+    assert predict(client, BLUE)[1]["label"] == "blue"
+    assert metric(client.get("/metrics").text, "prediction_records_lost_total", reason="database_unavailable") == lost + 1
+    assert "cannot create the folder of the monitoring database" in caplog.text
+
+
 def test_a_database_down_at_start_is_set_up_when_it_comes_back(postgres, tiny_model_path, monkeypatch):
     monkeypatch.setattr(recording, "RETRY_AFTER_S", 0)
     url = postgres.new_database()

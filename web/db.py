@@ -127,7 +127,10 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = make_url(url).database
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:  # then connecting fails, and is reported as the database being down
+                log.error("cannot create the folder of the monitoring database %s: %s", path, error)
         engine = create_engine(url, connect_args={"timeout": CONNECT_TIMEOUT_S})
         event.listen(engine, "connect", _tune_sqlite)
         return engine
