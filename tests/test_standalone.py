@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from . import standalone
 from .conftest import DATA_DIR, ROOT
 from .standalone import FORBIDDEN_NAMES, OUTSIDE, OutsideRepositoryRead
 
@@ -23,13 +24,24 @@ OUTSIDE_PATTERNS = [
 
 
 def test_reading_beside_the_repository_fails_in_every_test():
+    # The hook runs before the file system is asked, so this holds where nothing is there too.
     beside = os.path.join(OUTSIDE, "data")
     with pytest.raises(OutsideRepositoryRead, match="outside the repository"):
         open(os.path.join(beside, "README.md"), "rb")
     with pytest.raises(OutsideRepositoryRead):
         os.listdir(beside)
+
+
+def test_a_glob_beside_the_repository_fails_too(tmp_path, monkeypatch):
+    # pathlib swallows OSErrors while it globs; the guard's error must get through. A folder
+    # of the tests' own stands in for the one beside the repository, which CI's clone lacks.
+    outside = tmp_path / "shared"
+    (outside / "data" / "ucmerced" / "beach").mkdir(parents=True)
+    monkeypatch.setattr(standalone, "OUTSIDE", str(outside))
     with pytest.raises(OutsideRepositoryRead):
-        list((ROOT.parent / "shared").glob("*"))
+        list((outside / "data").glob("*/*"))
+    with pytest.raises(OutsideRepositoryRead):
+        sorted((outside / "data" / "ucmerced").iterdir())
 
 
 def test_no_test_source_names_a_place_outside_the_repository():
