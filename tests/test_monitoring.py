@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 
 from app import create_app
 from classifier.drift import REFERENCE_KEY

@@ -17,6 +17,7 @@ import logging
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 
 from flask import Flask, current_app, g
 from sqlalchemy import (
@@ -87,7 +88,7 @@ schema_version = Table(
 # Steps from one version to the next, applied in order at start; version 1 is what
 # `metadata.create_all` makes. A new column is a new entry here, e.g.
 # 2: lambda connection: connection.execute(text("ALTER TABLE predictions ADD COLUMN ...")).
-MIGRATIONS: dict[int, callable] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 # Two gunicorn workers start together; on PostgreSQL this lock lets one set up the schema.
 _PG_SCHEMA_LOCK = 0x6D6F6E69  # "moni"
@@ -158,11 +159,14 @@ def _tune_sqlite(dbapi_connection, _record) -> None:
 
 
 class Database:
-    """The app's engine, and whether its schema is known to be in place."""
+    """The app's engine, whether its schema is known to be in place, and this process's
+    recording clock (web/recording.py): when to try a failed database again, when to prune."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
         self.schema_ready = False
+        self.retry_at = 0.0
+        self.prune_at = 0.0
 
     @property
     def dialect(self) -> str:

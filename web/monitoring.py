@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from classifier.drift import REFERENCE_KEY, drift_score, reference_distribution
 from classifier.errors import InvalidParameter
 
-from . import db, metrics, recording
+from . import db, metrics
 from .access_log import REQUEST_ID_PATTERN
 from .api import get_classifier, query_value
 from .auth import api_key_required
@@ -306,5 +306,3 @@ def init_app(app: Flask) -> None:
     app.extensions.setdefault(metrics.SCRAPE_EXTRAS, []).append(scrape_figures)
     app.cli.add_command(export_feedback_command)
 
-
-__all__ = ["init_app", "recording"]

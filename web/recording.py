@@ -40,14 +40,6 @@ RECORDS_LOST = Counter("prediction_records_lost",
                        ["reason"])
 
 
-class _State:
-    """Per-process: when the database may be tried again, and when to prune next."""
-
-    def __init__(self):
-        self.retry_at = 0.0
-        self.prune_at = 0.0
-
-
 def record_predictions(classifier: Classifier, uploads: Sequence[bytes],
                        results: Sequence[Prediction | InputError]) -> None:
     """Count and store the predictions of this request (errors in a batch are skipped)."""
@@ -60,8 +52,7 @@ def record_predictions(classifier: Classifier, uploads: Sequence[bytes],
     if not answered or not config["RECORD_PREDICTIONS"]:
         return
     database = db.get_database()
-    state = current_app.extensions.setdefault(f"{db.EXTENSION_KEY}.recording", _State())
-    if time.monotonic() < state.retry_at:
+    if time.monotonic() < database.retry_at:
         RECORDS_LOST.labels("database_unavailable").inc(len(answered))
         return
     now = db.utcnow()
@@ -87,14 +78,14 @@ def record_predictions(classifier: Classifier, uploads: Sequence[bytes],
         log.warning("prediction not recorded: request id %r was already recorded", request_id())
         return
     except SQLAlchemyError as error:
-        state.retry_at = time.monotonic() + RETRY_AFTER_S
+        database.retry_at = time.monotonic() + RETRY_AFTER_S
         RECORDS_LOST.labels("database_unavailable").inc(len(rows))
         log.error("prediction %s not recorded, the monitoring database failed: %s (next try in %.0fs)",
                   request_id(), db.error_reason(error), RETRY_AFTER_S)
         return
     RECORDED.inc(len(rows))
-    if time.monotonic() >= state.prune_at:
-        state.prune_at = time.monotonic() + PRUNE_EVERY_S
+    if time.monotonic() >= database.prune_at:
+        database.prune_at = time.monotonic() + PRUNE_EVERY_S
         prune_old_predictions()
 
 
