@@ -536,3 +536,24 @@ def pids_of(log: Path, path: str) -> set[int]:
     """The worker processes whose access-log lines show ``path``."""
     entries = [json.loads(line[line.index("{"):]) for line in log.read_text().splitlines() if '"path"' in line]
     return {entry["pid"] for entry in entries if entry.get("path") == path}
+
+
+# --- The loop: exported feedback as training data ----------------------------------------
+
+
+def test_exported_feedback_joins_the_training_side_only(data_dir, tmp_path):
+    from training.data import stratified_split, with_extra_training_images
+
+    split = stratified_split(data_dir / "ucmerced", images_per_class=4)
+    exported = tmp_path / "feedback"
+    (exported / "river").mkdir(parents=True)
+    Image.new("RGB", (224, 224), BLUE).save(exported / "river" / "some-request-id.png")
+    extended = with_extra_training_images(split, exported)
+    assert extended.train_files == split.train_files + (exported / "river" / "some-request-id.png",)
+    assert extended.train_targets[-1] == split.classes.index("river")
+    assert (extended.val_files, extended.val_targets) == (split.val_files, split.val_targets)
+
+    (exported / "volcano").mkdir()
+    (exported / "volcano" / "x.png").write_bytes((exported / "river" / "some-request-id.png").read_bytes())
+    with pytest.raises(ValueError, match="classes the data set lacks: volcano"):
+        with_extra_training_images(split, exported)

@@ -82,7 +82,7 @@ def with_extra_training_images(split: Split, extra_dir: str | Path) -> Split:
             f"{root} has folders for classes the data set lacks: {', '.join(unknown)}. "
             f"Its classes are {', '.join(split.classes)}."
         )
-    extra = [(f, split.classes.index(folder.name)) for folder in folders for f in _image_files(folder)]
+    extra = [(f, split.classes.index(folder.name)) for folder in folders for f in image_files(folder)]
     return dataclasses.replace(
         split,
         train_files=split.train_files + tuple(f for f, _ in extra),
