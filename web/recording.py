@@ -22,7 +22,6 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from classifier.errors import InputError
 from classifier.images import decode_image, resize_for_model
-from classifier.pipeline import Classifier, Prediction
 
 from . import db
 from .access_log import request_id
@@ -40,12 +39,15 @@ RECORDS_LOST = Counter("prediction_records_lost",
                        ["reason"])
 
 
-def record_predictions(classifier: Classifier, uploads: Sequence[bytes],
-                       results: Sequence[Prediction | InputError]) -> None:
-    """Count and store the predictions of this request (errors in a batch are skipped)."""
+def record_predictions(classifier, uploads: Sequence[bytes], results: Sequence) -> None:
+    """Count and store the predictions of this request (a batch's errors, in place, are skipped).
+
+    ``classifier`` is the served ``Classifier``; ``results`` its ``Prediction`` for each upload,
+    or the ``InputError`` that image got.
+    """
     model = classifier.model
     answered = [(item, upload, result) for item, (upload, result) in enumerate(zip(uploads, results))
-                if isinstance(result, Prediction)]
+                if not isinstance(result, InputError)]
     for _, _, prediction in answered:
         PREDICTIONS.labels(model.name, model.version, prediction.top[0][0]).inc()
     config = current_app.config
