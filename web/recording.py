@@ -38,6 +38,8 @@ RECORDS_LOST = Counter("prediction_records_lost",
                        "Predictions answered but not written to the monitoring database, by reason.",
                        ["reason"])
 
+_INSERT = insert(db.predictions)  # built once; SQLAlchemy caches its compiled form
+
 
 def record_predictions(classifier, uploads: Sequence[bytes], results: Sequence) -> None:
     """Count and store the predictions of this request (a batch's errors, in place, are skipped).
@@ -45,11 +47,11 @@ def record_predictions(classifier, uploads: Sequence[bytes], results: Sequence) 
     ``classifier`` is the served ``Classifier``; ``results`` its ``Prediction`` for each upload,
     or the ``InputError`` that image got.
     """
-    model = classifier.model
+    name, version = classifier.model.name, classifier.model.version  # properties: read once
     answered = [(item, upload, result) for item, (upload, result) in enumerate(zip(uploads, results))
                 if not isinstance(result, InputError)]
     for _, _, prediction in answered:
-        PREDICTIONS.labels(model.name, model.version, prediction.top[0][0]).inc()
+        PREDICTIONS.labels(name, version, prediction.top[0][0]).inc()
     config = current_app.config
     if not answered or not config["RECORD_PREDICTIONS"]:
         return
@@ -63,8 +65,8 @@ def record_predictions(classifier, uploads: Sequence[bytes], results: Sequence) 
             "request_id": request_id(),
             "item": item,
             "created_at": now,
-            "model_name": model.name,
-            "model_version": model.version,
+            "model_name": name,
+            "model_version": version,
             "label": prediction.top[0][0],
             "score": prediction.top[0][1],
             "top": [[label, score] for label, score in prediction.top],
@@ -73,7 +75,7 @@ def record_predictions(classifier, uploads: Sequence[bytes], results: Sequence) 
         for item, upload, prediction in answered
     ]
     try:
-        db.run(lambda connection: connection.execute(insert(db.predictions), rows), durable=False)
+        db.run(lambda connection: connection.execute(_INSERT, rows), durable=False)
     except IntegrityError:
         # The client sent an X-Request-ID that an earlier request already used.
         RECORDS_LOST.labels("duplicate_request_id").inc(len(rows))
