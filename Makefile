@@ -39,7 +39,7 @@ $(VENV)/.run-installed: requirements.txt | $(VENV)/bin/python
 	$(PIP) -r requirements.txt
 	touch $@
 
-$(VENV)/.dev-installed: requirements.txt requirements-train.txt requirements-dev.txt bench/requirements.txt | $(VENV)/bin/python
+$(VENV)/.dev-installed: requirements.txt requirements-train.txt requirements-dev.txt requirements-ray.txt bench/requirements.txt | $(VENV)/bin/python
 	$(PIP) -r requirements-dev.txt
 	touch $@ $(VENV)/.run-installed
 
