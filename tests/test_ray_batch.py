@@ -1,0 +1,203 @@
+"""``flask --app app predict --ray``: the batch command on a real Ray cluster of two nodes.
+
+The test starts the cluster on this machine as an operator would (``ray start --head``, then a
+second node joining it, one CPU each, with their own token), runs the command against it over
+data-set images and an unreadable file, and checks that its output is the single-machine
+command's, byte for byte. It stops only the processes it started, by their ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from .servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = Path(sys.executable).with_name("ray")
+COMMAND_TIMEOUT = 240  # seconds: a cluster that hangs fails the test instead of the suite
+MODEL_ACTOR = ":actor_name:MapWorker(MapBatches(_ModelActor))"
+DECODE_TASK = ":task_name:MapBatches(_decode_batch)"
+
+pytestmark = pytest.mark.slow
+
+
+def ray_env(token: str | None = None) -> dict:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    if token:  # the cluster's own token, instead of the one in this user's ~/.ray
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    return env
+
+
+class Cluster:
+    """A head node and a second node, each a ``ray start --block`` in its own session."""
+
+    def __init__(self):
+        self.token = secrets.token_hex(32)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.processes: list[subprocess.Popen] = []
+        # Short paths of their own: Ray's socket paths under them must stay under 108 bytes.
+        self.temp_dirs = [Path(tempfile.mkdtemp(prefix="ray-test-", dir="/tmp")) for _ in range(2)]
+
+    def start(self) -> None:
+        common = ["--num-cpus=1", "--block", "--disable-usage-stats", "--object-store-memory=200000000"]
+        self._start("head", ["--head", f"--port={self.port}",
+                             "--include-dashboard=false", f"--temp-dir={self.temp_dirs[0]}", *common])
+        self._wait_for_nodes(1)
+        self._start("node", [f"--address={self.address}", f"--temp-dir={self.temp_dirs[1]}", *common])
+        self._wait_for_nodes(2)
+
+    def _start(self, name: str, args: list[str]) -> None:
+        log = open(self.temp_dirs[len(self.processes)] / f"{name}.log", "w")
+        self.processes.append(subprocess.Popen([str(RAY), "start", *args], env=ray_env(self.token),
+                                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    def _wait_for_nodes(self, count: int, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"ray start exited with {process.returncode}: {self.logs()}")
+            status = subprocess.run([str(RAY), "status", f"--address={self.address}"], env=ray_env(self.token),
+                                    capture_output=True, text=True, timeout=60)
+            if status.returncode == 0 and status.stdout.count(" node_") >= count:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"the cluster did not reach {count} nodes in {timeout:.0f}s: {self.logs()}")
+
+    def worker_logs(self, node: int) -> str:
+        """What the node's workers printed first: Ray names each task and actor there."""
+        return "\n".join(path.read_text(errors="replace") for path in self.temp_dirs[node].glob("session_*/logs/worker-*.out"))
+
+    def logs(self) -> str:
+        return "\n".join(path.read_text(errors="replace")[-2000:] for path in map(Path, self.temp_dirs) for path in path.glob("*.log"))
+
+    def stop(self) -> None:
+        """SIGTERM to what we started and everything it spawned, then SIGKILL what is left."""
+        started = [psutil.Process(process.pid) for process in self.processes if process.poll() is None]
+        family = []
+        for process in started:
+            try:
+                family += [process, *process.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        for process in family:
+            try:
+                process.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(family, timeout=10)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=10)
+        for process in self.processes:
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = Cluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        for folder in cluster.temp_dirs:
+            subprocess.run(["rm", "-rf", str(folder)], check=False)
+
+
+@pytest.fixture(scope="module")
+def images(data_dir, tmp_path_factory) -> tuple[Path, list[Path]]:
+    """Two images of each class in a folder every node reads, a broken JPEG, and a missing file."""
+    folder = tmp_path_factory.mktemp("images")
+    for cls in sorted(path.name for path in (data_dir / "ucmerced").iterdir() if path.is_dir()):
+        (folder / cls).mkdir()
+        for path in sorted((data_dir / "ucmerced" / cls).glob("*.jpg"))[:2]:
+            (folder / cls / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this JPEG stops here")
+    return folder, [folder, folder / "missing.jpg"]
+
+
+def predict(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The command as a person runs it, in a process of its own, with the shipped model."""
+    command = [sys.executable, "-m", "flask", "--app", "app", "predict", *map(str, args)]
+    environment = {key: value for key, value in (env or ray_env()).items()
+                   if key not in ("MODEL_PATH", "ONNX_MODEL_PATH", "INFERENCE_ENGINE")}
+    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+
+
+def skipped_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("skipped ")]
+
+
+def summary(stderr: str) -> str:
+    """'classified N of M files' and what follows the rate, without the time it took."""
+    line = [line for line in stderr.splitlines() if line.startswith("classified ")][-1]
+    return line.split(" in ")[0] + line.partition(")")[2]
+
+
+def test_two_node_cluster_gives_the_single_machine_answers(cluster, images, tmp_path):
+    folder, paths = images
+    single, on_ray = tmp_path / "single.csv", tmp_path / "ray.csv"
+    alone = predict(*paths, "--output", single, "--top", "3")
+    assert alone.returncode == 0, alone.stderr
+    # One model actor per CPU, by default: Ray spreads them over the two nodes.
+    spread = predict(*paths, "--output", on_ray, "--top", "3", "--ray", cluster.address,
+                     env=ray_env(cluster.token))
+    assert spread.returncode == 0, spread.stderr
+
+    assert on_ray.read_text() == single.read_text()  # paths, order, labels, scores, errors
+    rows = single.read_text().splitlines()
+    assert len(rows) == 1 + 32 + 2 and rows[0].startswith("path,label,score,label_2")
+    errors = [row for row in rows[1:] if not row.split(",")[1]]
+    assert [row.split(",")[0] for row in errors] == [str(folder / "broken.jpg"), str(folder / "missing.jpg")]
+    assert skipped_lines(spread.stderr) == skipped_lines(alone.stderr) and len(skipped_lines(alone.stderr)) == 2
+    assert summary(spread.stderr) == summary(alone.stderr) == "classified 32 of 34 files; 2 could not be read"
+
+    # Both nodes held the model, and decoding ran as tasks of its own, not inside the actors.
+    assert MODEL_ACTOR in cluster.worker_logs(0) and MODEL_ACTOR in cluster.worker_logs(1)
+    assert DECODE_TASK in cluster.worker_logs(0) + cluster.worker_logs(1)
+
+
+def test_nothing_readable_exits_1_on_the_cluster_too(cluster, images, tmp_path):
+    folder, _ = images
+    result = predict(folder / "broken.jpg", folder / "missing.jpg", "--ray", cluster.address, env=ray_env(cluster.token))
+    assert result.returncode == 1, result.stderr
+    assert len(skipped_lines(result.stderr)) == 2
+    assert summary(result.stderr) == "classified 0 of 2 files; 2 could not be read"
+
+
+def test_without_an_address_a_local_ray_gives_the_same_json_lines(images, tmp_path):
+    folder, paths = images
+    alone = predict(folder / "airplane", folder / "broken.jpg", "--format", "jsonl")
+    local = predict(folder / "airplane", folder / "broken.jpg", "--format", "jsonl", "--batch-size", "2", "--ray")
+    batched = predict(folder / "airplane", folder / "broken.jpg", "--format", "jsonl", "--batch-size", "2")
+    assert alone.returncode == local.returncode == 0, local.stderr
+    records = [json.loads(line) for line in local.stdout.splitlines()]
+    assert [Path(record["path"]).name for record in records] == [*sorted(p.name for p in (folder / "airplane").iterdir()), "broken.jpg"]
+    assert records[-1]["error"]["code"] == "not_an_image"
+    # Forward passes of two give the numbers of the command's own batches of two, and the
+    # same labels as one by one.
+    assert local.stdout == batched.stdout
+    assert [r.get("label") for r in records] == [json.loads(line).get("label") for line in alone.stdout.splitlines()]
+
+
+def test_an_unreachable_cluster_is_a_clear_error(images):
+    folder, _ = images
+    result = predict(folder / "broken.jpg", "--ray", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "cannot reach the Ray cluster at 127.0.0.1:" in result.stderr
