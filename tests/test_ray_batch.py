@@ -9,22 +9,16 @@ command's, byte for byte. It stops only the processes it started, by their ids.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
+from .ray_cluster import Cluster, ray_env
 from .servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-RAY = Path(sys.executable).with_name("ray")
 COMMAND_TIMEOUT = 240  # seconds: a cluster that hangs fails the test instead of the suite
 MODEL_ACTOR = ":actor_name:MapWorker(MapBatches(_ModelActor))"
 DECODE_TASK = ":task_name:MapBatches(_decode_batch)"
@@ -32,92 +26,10 @@ DECODE_TASK = ":task_name:MapBatches(_decode_batch)"
 pytestmark = pytest.mark.slow
 
 
-def ray_env(token: str | None = None) -> dict:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    if token:  # the cluster's own token, instead of the one in this user's ~/.ray
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    return env
-
-
-class Cluster:
-    """A head node and a second node, each a ``ray start --block`` in its own session."""
-
-    def __init__(self):
-        self.token = secrets.token_hex(32)
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.processes: list[subprocess.Popen] = []
-        # Short paths of their own: Ray's socket paths under them must stay under 108 bytes.
-        self.temp_dirs = [Path(tempfile.mkdtemp(prefix="ray-test-", dir="/tmp")) for _ in range(2)]
-
-    def start(self) -> None:
-        common = ["--num-cpus=1", "--block", "--disable-usage-stats", "--object-store-memory=200000000"]
-        self._start("head", ["--head", f"--port={self.port}",
-                             "--include-dashboard=false", f"--temp-dir={self.temp_dirs[0]}", *common])
-        self._wait_for_nodes(1)
-        self._start("node", [f"--address={self.address}", f"--temp-dir={self.temp_dirs[1]}", *common])
-        self._wait_for_nodes(2)
-
-    def _start(self, name: str, args: list[str]) -> None:
-        log = open(self.temp_dirs[len(self.processes)] / f"{name}.log", "w")
-        self.processes.append(subprocess.Popen([str(RAY), "start", *args], env=ray_env(self.token),
-                                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-
-    def _wait_for_nodes(self, count: int, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for process in self.processes:
-                if process.poll() is not None:
-                    raise RuntimeError(f"ray start exited with {process.returncode}: {self.logs()}")
-            status = subprocess.run([str(RAY), "status", f"--address={self.address}"], env=ray_env(self.token),
-                                    capture_output=True, text=True, timeout=60)
-            if status.returncode == 0 and status.stdout.count(" node_") >= count:
-                return
-            time.sleep(1)
-        raise RuntimeError(f"the cluster did not reach {count} nodes in {timeout:.0f}s: {self.logs()}")
-
-    def worker_logs(self, node: int) -> str:
-        """What the node's workers printed first: Ray names each task and actor there."""
-        return "\n".join(path.read_text(errors="replace") for path in self.temp_dirs[node].glob("session_*/logs/worker-*.out"))
-
-    def logs(self) -> str:
-        return "\n".join(path.read_text(errors="replace")[-2000:] for path in map(Path, self.temp_dirs) for path in path.glob("*.log"))
-
-    def stop(self) -> None:
-        """SIGTERM to what we started and everything it spawned, then SIGKILL what is left."""
-        started = [psutil.Process(process.pid) for process in self.processes if process.poll() is None]
-        family = []
-        for process in started:
-            try:
-                family += [process, *process.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
-        for process in family:
-            try:
-                process.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(family, timeout=10)
-        for process in alive:
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=10)
-        for process in self.processes:
-            process.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    cluster = Cluster()
-    try:
-        cluster.start()
+    with Cluster(nodes=2) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        for folder in cluster.temp_dirs:
-            subprocess.run(["rm", "-rf", str(folder)], check=False)
 
 
 @pytest.fixture(scope="module")
