@@ -9,13 +9,15 @@ FOLDER --output /dev/null``), interleaved in a new random order each round:
 - the single-machine command (threads decoding, one forward pass per core);
 - ``--ray`` without an address: a local Ray of one node with all the cores;
 - ``--ray ADDRESS``: a cluster of one node per core on this machine (``ray start``, as
-  tests/ray_cluster.py starts it), so that rows cross between nodes' object stores.
+  tests/ray_cluster.py starts it), so that rows cross between nodes' object stores; with
+  the default decoding in the model actors, and with ``--ray-decode tasks``.
 
-Each run reports its own rate (``classified N of M files in S s``: from the first file
-submitted to the last written, so for Ray with its actors loading the model), and its wall
-time with start-up (interpreter, model check, and for Ray joining or starting it). From
-those, Ray's cost per image and its fixed cost per run, and the break-even point with more
-machines (docs/scaling.md).
+Each runs on all the files and on a quarter of the folders. Each run reports its own rate
+(``classified N of M files in S s``: from the first file submitted to the last written, so
+for Ray with its actors loading the model), and its wall time with start-up (interpreter,
+model check, and for Ray joining or starting it). The two sizes split the wall time into a
+cost per image and a fixed cost per run; from those, Ray's cost over the single machine and
+the number of files from which N machines on Ray end first (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from classifier.batch import find_images  # noqa: E402
 from tests.ray_cluster import Cluster, ray_env  # noqa: E402
 from training.latency import load_average, machine_description  # noqa: E402
 
+# Each node's object store: the test's 200 MB makes Ray spill blocks to disk on a run this size.
+OBJECT_STORE_BYTES = 1_000_000_000
 SUMMARY = re.compile(r"classified (\d+) of (\d+) files in ([\d.]+)s \(([\d.]+) images/s\)")
 
 
@@ -46,64 +50,105 @@ class Contender:
     name: str
     args: list[str]
     env: dict
-    rates: list[float] = field(default_factory=list)
-    walls: list[float] = field(default_factory=list)
+    rates: dict = field(default_factory=dict)  # size ("small", "all") -> images/s of each run
+    walls: dict = field(default_factory=dict)  # size -> wall seconds of each run
 
-    @property
-    def rate(self) -> float:
-        return statistics.median(self.rates)
+    def rate(self, size: str) -> float:
+        return statistics.median(self.rates[size])
 
-    @property
-    def wall(self) -> float:
-        return statistics.median(self.walls)
+    def wall(self, size: str) -> float:
+        return statistics.median(self.walls[size])
 
 
-def run(contender: Contender, data: Path, count: int) -> None:
-    command = [sys.executable, "-m", "flask", "--app", "app", "predict", str(data), "--output", os.devnull, *contender.args]
+@dataclass(frozen=True)
+class Cost:
+    """Wall time as fixed + per_image × files, from the runs on the two sizes."""
+
+    per_image: float
+    fixed: float
+
+    @classmethod
+    def of(cls, contender: Contender, counts: dict) -> "Cost":
+        per_image = (contender.wall("all") - contender.wall("small")) / (counts["all"] - counts["small"])
+        return cls(per_image, contender.wall("small") - counts["small"] * per_image)
+
+
+def run(contender: Contender, size: str, paths: list[Path], count: int) -> None:
+    command = [sys.executable, "-m", "flask", "--app", "app", "predict", *map(str, paths), "--output", os.devnull,
+               *contender.args]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=contender.env, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - started
     match = SUMMARY.search(done.stderr)
     if done.returncode != 0 or not match or int(match.group(1)) != count:
         raise RuntimeError(f"{contender.name} failed ({done.returncode}): {done.stderr[-1500:]}")
-    contender.rates.append(float(match.group(4)))
-    contender.walls.append(wall)
+    contender.rates.setdefault(size, []).append(float(match.group(4)))
+    contender.walls.setdefault(size, []).append(wall)
 
 
-def markdown(contenders: list[Contender], data: Path, count: int, reps: int, cores: int, loads: tuple[str, str]) -> str:
-    single = contenders[0]
+def break_even(single: Cost, ray: Cost, machines: int) -> str:
+    """Files from which Ray on ``machines`` machines like this one ends before one machine does.
+
+    Assumes Ray's time per image divides by the machines (each node decodes and runs the
+    model on its own; the driver only writes rows) and its fixed cost stays.
+    """
+    saved_per_image = single.per_image - ray.per_image / machines
+    if saved_per_image <= 0:
+        return "never"
+    return f"{max(0.0, (ray.fixed - single.fixed) / saved_per_image):,.0f}"
+
+
+def markdown(contenders: list[Contender], data: Path, counts: dict, small: list[Path], reps: int, cores: int,
+             loads: tuple[str, str]) -> str:
+    single, cluster = contenders[0], contenders[-1]
+    costs = {contender.name: Cost.of(contender, counts) for contender in contenders}
     lines = [
         "# The batch command on Ray: images per second",
         "",
         "*Written by `flock /tmp/cpu-heavy.lock python bench/ray_batch.py`; run it again to refresh.*",
         "",
-        f"- **Files**: {count} images under `{os.path.relpath(data, ROOT)}`; model `model.zip`, served by "
-        "ONNX Runtime on its verified copy (`INFERENCE_ENGINE=auto`), one thread per forward pass, "
-        "`--batch-size 1`.",
+        f"- **Files**: all {counts['all']} images under `{data.name}/`, and {counts['small']} of them "
+        f"(the folders {', '.join(path.name for path in small)}); model `model.zip`, served by ONNX Runtime on its "
+        "verified copy (`INFERENCE_ENGINE=auto`), one thread per forward pass, `--batch-size 1`.",
         f"- **Machine**: {machine_description()}; load average (1/5/15 min) {loads[0]} before, {loads[1]} "
-        "after (a shared machine).",
+        "after (a shared machine: other work ran beside it).",
         f"- **Same cores for all**: {cores}. The single-machine command runs {cores} forward passes side by "
         f"side; `--ray` alone starts a local Ray of one node with {cores} CPUs; the cluster is {cores} "
-        "nodes of 1 CPU each on this machine (`ray start --head`, then nodes joining it), already up. "
-        "Ray runs one model actor per CPU (half a CPU each) and the decode tasks in the other half.",
-        "- **images/s**: the command's own figure, from the first file to the last row written (for Ray "
-        "this includes the actors loading the model); **wall**: the whole command, with the interpreter, "
-        "the model check on the driver and, for Ray, starting or joining it.",
+        f"nodes of 1 CPU each on this machine (`ray start --head`, then nodes joining it, "
+        f"{OBJECT_STORE_BYTES / 1e9:g} GB of object store each), up before the runs. Ray runs one model "
+        "actor per CPU, which decodes its files too (the default), or with `--ray-decode tasks` half a CPU "
+        "per actor and decode tasks of their own in the other half.",
+        f"- **images/s**: the command's own figure on all {counts['all']} files, from the first file to the "
+        "last row written (for Ray, with its actors loading the model); **wall**: the whole command (the "
+        "interpreter, the model check on the driver, starting or joining Ray).",
+        "- **per image** and **fixed**: wall time = fixed + per image × files, fitted to the two sizes.",
         f"- **Method**: {reps} runs of each, interleaved in random order; the median.",
         "",
-        "| contender | images/s | vs single machine | wall | ms per image | ms per image over single | fixed cost per run |",
+        f"| contender | images/s | vs single machine | wall, {counts['small']} files | wall, {counts['all']} files "
+        "| ms per image | fixed per run |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for contender in contenders:
-        per_image = 1000 / contender.rate
-        over = per_image - 1000 / single.rate
-        # Wall time that does not grow with the files: start-up, joining, and what the
-        # single-machine command also pays (so the Ray rows show the extra).
-        fixed = contender.wall - count / contender.rate
+        cost = costs[contender.name]
         lines.append(
-            f"| {contender.name} | **{contender.rate:.1f}** | {contender.rate / single.rate:.2f}x | "
-            f"{contender.wall:.1f} s | {per_image:.2f} | {'-' if contender is single else f'{over:+.2f}'} | {fixed:.1f} s |"
+            f"| {contender.name} | **{contender.rate('all'):.1f}** | {contender.rate('all') / single.rate('all'):.2f}x "
+            f"| {contender.wall('small'):.1f} s | {contender.wall('all'):.1f} s | {1000 * cost.per_image:.2f} "
+            f"| {cost.fixed:.1f} s |"
         )
+    single_cost, cluster_cost = costs[single.name], costs[cluster.name]
+    lines += [
+        "",
+        f"Ray's cost over the single-machine command, on the same cores: "
+        f"{1000 * (cluster_cost.per_image - single_cost.per_image):+.2f} ms per image and "
+        f"{cluster_cost.fixed - single_cost.fixed:+.1f} s per run (the {cluster.name} row).",
+        "",
+        "From how many files a Ray cluster of N machines like this one ends sooner than the command on one "
+        "(from the figures above, assuming Ray's time per image divides by N):",
+        "",
+        "| machines | 1 | 2 | 4 | 8 | 16 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| files | " + " | ".join(break_even(single_cost, cluster_cost, n) for n in (1, 2, 4, 8, 16)) + " |",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -114,25 +159,32 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "ray-results.md")
     args = parser.parse_args()
 
-    count = len(find_images([args.data]))
+    if not args.data.is_dir():
+        parser.error(f"no data set at {args.data}; pass --data FOLDER")
+    folders = sorted(path for path in args.data.iterdir() if path.is_dir())
+    small = folders[: max(1, len(folders) // 4)]
+    sizes = {"small": small, "all": [args.data]}
+    counts = {size: len(find_images(paths)) for size, paths in sizes.items()}
     cores = os.cpu_count() or 1
     loads = [load_average()]
-    with Cluster(nodes=cores, cpus_per_node=1) as cluster:
+    with Cluster(nodes=cores, cpus_per_node=1, object_store_bytes=OBJECT_STORE_BYTES) as cluster:
         contenders = [
             Contender("single machine", [], ray_env()),
             Contender("Ray, local (1 node)", ["--ray"], ray_env()),
+            Contender(f"Ray cluster ({cores} nodes), `--ray-decode tasks`", ["--ray-decode", "tasks", "--ray", cluster.address],
+                      ray_env(cluster.token)),
             Contender(f"Ray cluster ({cores} nodes)", ["--ray", cluster.address], ray_env(cluster.token)),
         ]
-        print(f"{count} files, {cores} cores; cluster at {cluster.address}", flush=True)
+        print(f"{counts} files, {cores} cores; cluster at {cluster.address}", flush=True)
+        jobs = [(contender, size) for contender in contenders for size in sizes]
         for rep in range(args.reps):
-            order = contenders[:]
-            random.Random(rep).shuffle(order)
-            for contender in order:
-                run(contender, args.data, count)
-                print(f"  round {rep + 1}: {contender.name}: {contender.rates[-1]:.1f} images/s, "
-                      f"{contender.walls[-1]:.1f} s wall", flush=True)
+            random.Random(rep).shuffle(jobs)
+            for contender, size in jobs:
+                run(contender, size, sizes[size], counts[size])
+                print(f"  round {rep + 1}: {contender.name}, {counts[size]} files: {contender.rates[size][-1]:.1f} "
+                      f"images/s, {contender.walls[size][-1]:.1f} s wall", flush=True)
     loads.append(load_average())
-    text = markdown(contenders, args.data, count, args.reps, cores, tuple(loads))
+    text = markdown(contenders, args.data, counts, small, args.reps, cores, tuple(loads))
     args.output.write_text(text)
     print(text)
 

@@ -19,6 +19,7 @@ its object store) to the nodes; each node needs only the same Python packages
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import socket
@@ -38,15 +39,17 @@ from .pipeline import Classifier, Prediction
 
 # ``ray.init`` with this address starts a Ray of its own on this machine, stopped at the end.
 LOCAL = "local"
-# Files per decode task and rows per actor call: large enough that Ray's cost per call is
-# spread over many images, small enough to keep every actor busy on a few hundred files.
-ROWS_PER_CALL = 16
-# An actor and the decode tasks share each core: the forward pass and the decoding alternate
-# on it as the single-machine command's threads do. The amounts differ on purpose: Ray fuses
-# two steps that ask for the same resources into one process, and decoding would then wait
-# for the model in each actor instead of running ahead of it.
-ACTOR_CPUS = 0.5
-DECODE_CPUS = 0.25
+# Most files per decode task and per actor call: Ray's cost per call is spread over many
+# images (bench/ray-results.md); fewer files than that still get one block per actor.
+ROWS_PER_CALL = 64
+# Where the files are decoded, and the CPUs that the actors and the decode step ask Ray for.
+# "actors": both steps ask for one CPU, so Ray fuses them and each actor decodes its block
+# and then runs the model on it, on its own core; on CPU-only nodes that is the faster plan
+# (bench/ray-results.md), with no pixels between processes. "tasks": decoding in CPU tasks
+# of their own, running ahead of the actors; an actor and the decode tasks share each core
+# (half and a quarter: amounts that differ, so that Ray does not fuse them). That pays where
+# the model has an accelerator to itself, or the decoding outweighs the model.
+DECODE_IN = {"actors": (1.0, 1.0), "tasks": (0.5, 0.25)}  # place -> (actor CPUs, decode CPUs)
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -120,31 +123,38 @@ def classify_files_on_ray(
     batch_size: int = 1,
     top_k: int = 5,
     actors: int | None = None,
+    decode_in: str = "actors",
     progress_bars: bool = False,
 ) -> Iterator[FileResult]:
     """Yield one ``FileResult`` per file, in order; call inside ``ray_cluster``.
 
     ``options`` are ``Classifier.setup``'s (its ``onnx_path`` is replaced by the copy each
     actor writes). ``actors`` is the size of the pool, by default one per CPU of the
-    cluster; each runs forward passes of ``batch_size`` images on one thread. Raises
-    ``ValueError`` for more actors than the cluster has room for.
+    cluster; each runs forward passes of ``batch_size`` images on one thread. ``decode_in``
+    is a key of ``DECODE_IN``. Raises ``ValueError`` for more actors than the cluster has
+    room for.
     """
     import ray
     import ray.data
 
+    actor_cpus, decode_cpus = DECODE_IN[decode_in]
     cpus = ray.cluster_resources().get("CPU", 0)
-    fits = int((cpus - DECODE_CPUS) / ACTOR_CPUS)
+    fused = actor_cpus == decode_cpus
+    fits = int((cpus - (0 if fused else decode_cpus)) / actor_cpus)
     actors = actors or max(1, int(cpus))
     if actors > fits:
-        # Ray would hand every CPU to actors and never schedule a decode task: a hang.
-        raise ValueError(f"{actors} model actors need {actors * ACTOR_CPUS:g} CPUs plus {DECODE_CPUS:g} for "
-                         f"decoding; the cluster has {cpus:g} CPUs, room for {max(fits, 0)} actors.")
+        # Ray would wait for CPUs that never come free: for more actors, or for decode tasks.
+        raise ValueError(f"{actors} model actors need {actors * actor_cpus:g} CPUs"
+                         f"{'' if fused else f' plus {decode_cpus:g} for decoding'}; the cluster has "
+                         f"{cpus:g} CPUs, room for {max(fits, 0)} actors.")
     context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # rows come back in the files' order
+    # Rows come back as they are done; the driver puts them in order (``_in_order``), which
+    # keeps every actor busy where Ray's own preserve_order would hold finished blocks back.
+    context.execution_options.preserve_order = False
     context.enable_progress_bars = progress_bars
     model_ref = ray.put(model)  # through the object store once, whatever the pool's size
-    rows = [{"path": str(path), "file": os.path.abspath(path)} for path in files]
-    blocks = max(1, min(len(rows) // ROWS_PER_CALL, 10_000))
+    rows = [{"index": index, "path": str(path), "file": os.path.abspath(path)} for index, path in enumerate(files)]
+    blocks = min(max(math.ceil(len(rows) / ROWS_PER_CALL), actors, 1), len(rows) or 1)
     dataset = (
         ray.data.from_items(rows, override_num_blocks=blocks)
         .map_batches(
@@ -152,14 +162,14 @@ def classify_files_on_ray(
             fn_kwargs={"max_pixels": options["max_pixels"]},
             batch_size=ROWS_PER_CALL,
             batch_format="numpy",
-            num_cpus=DECODE_CPUS,
+            num_cpus=decode_cpus,
         )
         .map_batches(
             _ModelActor,
             fn_constructor_kwargs={"model": model_ref, "options": options, "batch_size": batch_size, "top_k": top_k},
             batch_size=ROWS_PER_CALL,
             batch_format="numpy",
-            num_cpus=ACTOR_CPUS,
+            num_cpus=actor_cpus,
             # No more actors than blocks to feed them: the others would only load the model.
             compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)),
         )
@@ -168,8 +178,14 @@ def classify_files_on_ray(
 
 
 def _results(dataset) -> Iterator[FileResult]:
-    for batch in dataset.iter_batches(batch_size=ROWS_PER_CALL, batch_format="numpy", prefetch_batches=2):
-        yield from _results_from_columns(batch)
+    """The rows in the files' order: each waits only for the rows before it."""
+    waiting: dict[int, FileResult] = {}
+    next_index = 0
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+        waiting.update(zip(map(int, batch["index"]), _results_from_columns(batch)))
+        while next_index in waiting:
+            yield waiting.pop(next_index)
+            next_index += 1
 
 
 def _decode_batch(batch: dict, max_pixels: int) -> dict:
@@ -183,7 +199,7 @@ def _decode_batch(batch: dict, max_pixels: int) -> dict:
             codes[index], messages[index] = loaded.error_code, loaded.error_message
         else:
             pixels[index] = np.asarray(loaded, dtype=np.uint8)
-    return {"path": np.array(paths, dtype=object), "pixels": pixels,
+    return {"index": batch["index"], "path": np.array(paths, dtype=object), "pixels": pixels,
             "error_code": np.array(codes, dtype=object), "error_message": np.array(messages, dtype=object)}
 
 
@@ -209,7 +225,7 @@ class _ModelActor:
         for start in range(0, len(loaded), self.batch_size):
             # Forward passes of the command's --batch-size, so the numbers are the same too.
             results += _classify_batch(self.classifier, loaded[start:start + self.batch_size], self.top_k)
-        return _columns_from_results(results, self.top_k)
+        return {"index": batch["index"], **_columns_from_results(results, self.top_k)}
 
     def __del__(self):
         shutil.rmtree(getattr(self, "folder", ""), ignore_errors=True)

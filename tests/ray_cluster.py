@@ -35,8 +35,8 @@ def ray_env(token: str | None = None) -> dict:
 class Cluster:
     """A head node and ``nodes - 1`` nodes joining it; a context manager that stops them."""
 
-    def __init__(self, nodes: int = 2, cpus_per_node: int = 1):
-        self.nodes, self.cpus_per_node = nodes, cpus_per_node
+    def __init__(self, nodes: int = 2, cpus_per_node: int = 1, object_store_bytes: int = 200_000_000):
+        self.nodes, self.cpus_per_node, self.object_store_bytes = nodes, cpus_per_node, object_store_bytes
         self.token = secrets.token_hex(32)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -46,7 +46,8 @@ class Cluster:
         self.temp_dirs = [Path(tempfile.mkdtemp(prefix="ray-test-", dir="/tmp")) for _ in range(nodes)]
 
     def start(self) -> None:
-        common = [f"--num-cpus={self.cpus_per_node}", "--block", "--disable-usage-stats", "--object-store-memory=200000000"]
+        common = [f"--num-cpus={self.cpus_per_node}", "--block", "--disable-usage-stats",
+                  f"--object-store-memory={self.object_store_bytes}"]
         self._start("head", ["--head", f"--port={self.port}",
                              "--include-dashboard=false", f"--temp-dir={self.temp_dirs[0]}", *common])
         self._wait_for_nodes(1)

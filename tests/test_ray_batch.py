@@ -20,6 +20,9 @@ from .servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND_TIMEOUT = 240  # seconds: a cluster that hangs fails the test instead of the suite
+# How Ray names them in each worker's log: decoding fused into the model actors (the
+# default), or model actors fed by decode tasks of their own (--ray-decode tasks).
+DECODING_MODEL_ACTOR = ":actor_name:MapWorker(MapBatches(_decode_batch)->MapBatches(_ModelActor))"
 MODEL_ACTOR = ":actor_name:MapWorker(MapBatches(_ModelActor))"
 DECODE_TASK = ":task_name:MapBatches(_decode_batch)"
 
@@ -64,25 +67,28 @@ def summary(stderr: str) -> str:
 
 def test_two_node_cluster_gives_the_single_machine_answers(cluster, images, tmp_path):
     folder, paths = images
-    single, on_ray = tmp_path / "single.csv", tmp_path / "ray.csv"
+    single = tmp_path / "single.csv"
     alone = predict(*paths, "--output", single, "--top", "3")
     assert alone.returncode == 0, alone.stderr
-    # One model actor per CPU, by default: Ray spreads them over the two nodes.
-    spread = predict(*paths, "--output", on_ray, "--top", "3", "--ray", cluster.address,
-                     env=ray_env(cluster.token))
-    assert spread.returncode == 0, spread.stderr
-
-    assert on_ray.read_text() == single.read_text()  # paths, order, labels, scores, errors
     rows = single.read_text().splitlines()
     assert len(rows) == 1 + 32 + 2 and rows[0].startswith("path,label,score,label_2")
     errors = [row for row in rows[1:] if not row.split(",")[1]]
     assert [row.split(",")[0] for row in errors] == [str(folder / "broken.jpg"), str(folder / "missing.jpg")]
-    assert skipped_lines(spread.stderr) == skipped_lines(alone.stderr) and len(skipped_lines(alone.stderr)) == 2
-    assert summary(spread.stderr) == summary(alone.stderr) == "classified 32 of 34 files; 2 could not be read"
 
-    # Both nodes held the model, and decoding ran as tasks of its own, not inside the actors.
-    assert MODEL_ACTOR in cluster.worker_logs(0) and MODEL_ACTOR in cluster.worker_logs(1)
-    assert DECODE_TASK in cluster.worker_logs(0) + cluster.worker_logs(1)
+    for decode_in in ("actors", "tasks"):
+        on_ray = tmp_path / f"ray-{decode_in}.csv"
+        spread = predict(*paths, "--output", on_ray, "--top", "3", "--ray-decode", decode_in,
+                         "--ray", cluster.address, env=ray_env(cluster.token))
+        assert spread.returncode == 0, spread.stderr
+        assert on_ray.read_text() == single.read_text(), decode_in  # paths, order, labels, scores, errors
+        assert skipped_lines(spread.stderr) == skipped_lines(alone.stderr) and len(skipped_lines(alone.stderr)) == 2
+        assert summary(spread.stderr) == summary(alone.stderr) == "classified 32 of 34 files; 2 could not be read"
+
+    # By default one actor per CPU, each asking for a whole one: one on each node, each
+    # decoding and running the model. With --ray-decode tasks, decode tasks fed model actors.
+    assert DECODING_MODEL_ACTOR in cluster.worker_logs(0) and DECODING_MODEL_ACTOR in cluster.worker_logs(1)
+    logs = cluster.worker_logs(0) + cluster.worker_logs(1)
+    assert MODEL_ACTOR in logs and DECODE_TASK in logs
 
 
 def test_nothing_readable_exits_1_on_the_cluster_too(cluster, images, tmp_path):

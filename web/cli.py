@@ -111,8 +111,10 @@ DEFAULT_BATCH_SIZE = 1
 @click.option("--ray", "ray_address", is_flag=False, flag_value=LOCAL_RAY, default=None, metavar="[ADDRESS]",
               help="Run on Ray (docs/scaling.md): join the cluster at ADDRESS, or start a local Ray "
                    "without one (put --ray last, or write --ray=ADDRESS).")
+@click.option("--ray-decode", "decode_in", type=click.Choice(["actors", "tasks"]), default="actors", show_default=True,
+              help="With --ray: decode in the model actors, or in CPU tasks of their own ahead of them.")
 @with_appcontext
-def predict_command(paths, output_format, output, top, batch_size, workers, lanes, ray_address) -> None:
+def predict_command(paths, output_format, output, top, batch_size, workers, lanes, ray_address, decode_in) -> None:
     """Classify image files and folders (recursively) with the served model.
 
     Writes one line per file to --output. A file that cannot be read is reported on
@@ -145,7 +147,8 @@ def predict_command(paths, output_format, output, top, batch_size, workers, lane
         except ConnectionError as error:
             raise click.ClickException(f"cannot reach the Ray cluster at {ray_address}: {error}") from error
         try:
-            results = classify_files_on_ray(model, options, files, batch_size=batch_size, top_k=top_k, actors=lanes)
+            results = classify_files_on_ray(model, options, files, batch_size=batch_size, top_k=top_k,
+                                            actors=lanes, decode_in=decode_in)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--lanes") from error
         _write_results(results, files, WRITERS[output_format](output, top_k), output)
