@@ -1,6 +1,6 @@
 """Images per second: the batch command on this machine beside the same command on Ray.
 
-    flock /tmp/cpu-heavy.lock python bench/ray_batch.py          # UC Merced, writes bench/ray-results.md
+    flock /tmp/cpu-heavy.lock python bench/ray_batch.py          # UC Merced (training/data_set.py), writes bench/ray-results.md
     flock /tmp/cpu-heavy.lock python bench/ray_batch.py --data ../shared/data/eurosat --repeat 1 --reps 1
 
 Three contenders on the same cores, run as a person runs them (``flask --app app predict
@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from classifier.batch import find_images  # noqa: E402
 from tests.ray_cluster import Cluster, ray_env  # noqa: E402
+from training.data_set import DataSetNotFound, find_data_set  # noqa: E402
 from training.latency import load_average, machine_description  # noqa: E402
 
 # Each node's object store: the test's 200 MB makes Ray spill blocks to disk on a run this size.
@@ -155,14 +156,17 @@ def markdown(contenders: list[Contender], data: Path, counts: dict, repeat: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ucmerced")
+    parser.add_argument("--data", help="a folder of <class>/<image> or UCMerced_LandUse.zip; "
+                        "default: training/data_set.py's (the README's Data set section)")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="times the long runs name the folder")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "ray-results.md")
     args = parser.parse_args()
 
-    if not args.data.is_dir():
-        parser.error(f"no data set at {args.data}; pass --data FOLDER")
+    try:
+        args.data = find_data_set(args.data)
+    except DataSetNotFound as error:
+        parser.exit(2, f"ray_batch: {error}\n")
     # The folder once, and named --repeat times (each file classified that many times, read
     # from the page cache): long enough that the cost per image is not lost in the noise.
     sizes = {"small": [args.data], "all": [args.data] * args.repeat}
