@@ -4,13 +4,14 @@
 yields the same ``FileResult`` per file in the same order, so the command writes them with
 the same writers. The stages:
 
-1. the driver lists the files (``find_images``, so the same files in the same order);
-2. CPU tasks read, decode and resize them (``classifier.batch``'s ``_load_for_model``, the
-   service's own decoding), anywhere in the cluster: so every node must read the files at
-   the paths the driver names (a shared or mounted file system);
+1. the caller lists the files (``find_images``, so the same files in the same order);
+2. a decode step reads, decodes and resizes them (``classifier.batch``'s
+   ``_load_for_model``, the service's own decoding), anywhere in the cluster: so every node
+   must read the files at the paths the driver names (a shared or mounted file system). It
+   runs in the model actors or in CPU tasks of its own (``DECODE_IN``);
 3. a pool of actors, each holding the served engine (``Classifier.setup``, as a worker
    loads it), runs the forward passes and encodes the answers (``_classify_batch``);
-4. the driver gets the rows back in order (Ray Data's ``preserve_order``).
+4. the rows come back as they are done, and ``_results`` puts them in the files' order.
 
 Ray ships this package (a ``py_modules`` runtime environment) and the model files (through
 its object store) to the nodes; each node needs only the same Python packages
