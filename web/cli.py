@@ -85,6 +85,8 @@ def swap_model_command(path: str, pid: int | None, pidfile: str | None) -> None:
     )
 
 
+# Threads of one process; a Ray cluster may have many more actors.
+MAX_LOCAL_LANES = 64
 # --ray without an address: a Ray of the command's own on this machine (ray.init's "local").
 LOCAL_RAY = "local"
 
@@ -132,6 +134,8 @@ def predict_command(paths, output_format, output, top, batch_size, workers, lane
         raise click.ClickException("No image files found in " + ", ".join(map(str, paths)) + ".")
 
     if ray_address is None:
+        if lanes and lanes > MAX_LOCAL_LANES:
+            raise click.BadParameter(f"at most {MAX_LOCAL_LANES} on one machine (more with --ray).", param_hint="--lanes")
         torch.set_num_threads(1)  # each lane is one core (see classify_files)
         lanes = lanes or current_app.config["TORCH_THREADS"]
         results = classify_files(classifier, files, batch_size=batch_size, top_k=top_k, workers=workers, lanes=lanes)
