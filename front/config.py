@@ -324,7 +324,9 @@ def _error_pages(settings: FrontSettings) -> str:
         blocks.append(
             f"location = {location} {{\n    internal;\n    default_type application/json;\n"
             + "".join(f"    {header}\n" for header in headers)
-            + f"    return {status} '{body}\\n';\n}}"
+            # 200 here: the status is error_page's (the error's, or its =status), and a
+            # return of an error status would make nginx answer with its own HTML page.
+            + f"    return 200 '{body}\\n';\n}}"
         )
     return "\n".join(blocks)
 
