@@ -19,7 +19,7 @@ WORKDIR /app
 # package in place, so a pinned revision would stop the image from building.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends nginx-light \
+    && apt-get install -y --no-install-recommends nginx \
     && rm -rf /var/lib/apt/lists/*
 
 # Requirements first: this layer is rebuilt only when requirements.txt changes.

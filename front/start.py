@@ -41,7 +41,7 @@ def find_nginx() -> str:
     found = found or next((place for place in NGINX_PLACES if os.access(place, os.X_OK)), None)
     if not found:
         raise FrontSettingError(
-            "nginx is not installed: apt-get install nginx-light (make run does), or set NGINX to its path"
+            "nginx is not installed: apt-get install nginx (make run does), or set NGINX to its path"
         )
     return found
 

@@ -4,12 +4,13 @@
 const REQUEST_TIMEOUT_MS = 60_000;
 
 export class ApiError extends Error {
-  constructor(code, { status = 0, serverMessage = "" } = {}) {
+  constructor(code, { status = 0, serverMessage = "", retryAfter = null } = {}) {
     super(serverMessage || code);
     this.name = "ApiError";
     this.code = code;
     this.status = status;
     this.serverMessage = serverMessage;
+    this.retryAfter = retryAfter; // seconds, from a 429's Retry-After
   }
 }
 
@@ -66,9 +67,11 @@ async function request(url, init) {
   }
   if (!response.ok) {
     const error = body && typeof body.error === "object" ? body.error : {};
+    const retryAfter = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
     throw new ApiError(typeof error.code === "string" ? error.code : "http_error", {
       status: response.status,
       serverMessage: typeof error.message === "string" ? error.message : "",
+      retryAfter: Number.isInteger(retryAfter) && retryAfter > 0 ? retryAfter : null,
     });
   }
   if (body === null || typeof body !== "object") {
