@@ -262,7 +262,8 @@ def _rate_limit_zone(settings: FrontSettings) -> str:
 def _prediction_limits(settings: FrontSettings) -> str:
     lines = []
     if settings.rate_limit:
-        lines.append(f"limit_req zone=predictions burst={settings.rate_limit_burst} nodelay;")
+        burst = f" burst={settings.rate_limit_burst}" if settings.rate_limit_burst else ""  # nginx refuses burst=0
+        lines.append(f"limit_req zone=predictions{burst} nodelay;")
     if settings.connection_limit:
         lines.append(f"limit_conn prediction_connections {settings.connection_limit};")
     return "\n".join(lines) or "# RATE_LIMIT=0 and CONNECTION_LIMIT=0: no per-client limits."

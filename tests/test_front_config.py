@@ -1,0 +1,124 @@
+"""The front's settings and the nginx configuration they render, checked by the real nginx.
+
+The server itself, with slow clients and floods, is tests/test_front.py; these are quick.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from front.config import FrontSettingError, FrontSettings, RunPaths, render
+from front.start import find_nginx
+
+from .conftest import ROOT
+
+
+def settings(**env) -> FrontSettings:
+    return FrontSettings.from_env({"PORT": "8000", **env})
+
+
+def rendered(tmp_path, **env) -> str:
+    return render(settings(**env), RunPaths(tmp_path))
+
+
+def nginx_accepts(tmp_path, text: str) -> subprocess.CompletedProcess:
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(text)
+    return subprocess.run([find_nginx(), "-p", str(tmp_path), "-c", str(conf), "-e", "stderr", "-t"],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("env", [
+    {},
+    {"RATE_LIMIT": "0", "CONNECTION_LIMIT": "0"},
+    {"RATE_LIMIT": "0.5", "RATE_LIMIT_BURST": "0"},
+    {"CORS_ORIGINS": "https://a.example, https://b.example"},
+    {"TRUSTED_PROXIES": "10.0.0.0/8,fd00::/8"},
+    {"DYNO": "web.1", "LISTEN_ADDRESS": "::1", "MAX_UPLOAD_MB": "5", "NGINX_WORKERS": "1"},
+], ids=["defaults", "limits-off", "slow-rate", "cors-list", "trusted-proxies", "dyno-ipv6"])
+def test_nginx_accepts_every_rendering(tmp_path, env):
+    result = nginx_accepts(tmp_path, rendered(tmp_path, **env))
+    assert result.returncode == 0, result.stderr
+
+
+def test_defaults_limit_each_client_on_the_prediction_routes_only(tmp_path):
+    text = rendered(tmp_path)
+    assert "rate=10r/s;" in text and "limit_req zone=predictions burst=20 nodelay;" in text
+    assert "limit_conn prediction_connections 10;" in text
+    predictions = text[text.index("location ~ ^/predict(/|$) {"):]
+    assert predictions.index("limit_req ") < predictions.index("}")
+    assert text.count("limit_req zone=") == 1 and text.count("limit_conn prediction_connections") == 1
+
+
+def test_zero_turns_each_limit_off(tmp_path):
+    text = rendered(tmp_path, RATE_LIMIT="0", CONNECTION_LIMIT="0")
+    assert "limit_req zone" not in text and "limit_req_zone" not in text and "limit_conn prediction" not in text
+    assert "limit_conn " not in rendered(tmp_path, CONNECTION_LIMIT="0").replace("limit_conn_", "")
+
+
+def test_a_rate_under_one_a_second_is_per_minute_and_retry_after_waits_for_it(tmp_path):
+    text = rendered(tmp_path, RATE_LIMIT="0.5")
+    assert "rate=30r/m;" in text and "add_header Retry-After 2 always;" in text
+
+
+def test_x_forwarded_for_is_believed_only_from_trusted_peers(tmp_path):
+    # Off a dyno nothing is trusted: a client's own header would let it pick its address.
+    assert "set_real_ip_from" not in rendered(tmp_path)
+    # On a dyno only the router reaches the process; its hop is the last element.
+    on_dyno = rendered(tmp_path, DYNO="web.1")
+    assert "set_real_ip_from 0.0.0.0/0;" in on_dyno and "real_ip_recursive off;" in on_dyno
+    chosen = rendered(tmp_path, DYNO="web.1", TRUSTED_PROXIES="10.1.2.0/24")
+    assert re.findall(r"set_real_ip_from (\S+);", chosen) == ["10.1.2.0/24"]
+    assert "set_real_ip_from" not in rendered(tmp_path, DYNO="web.1", TRUSTED_PROXIES="")
+
+
+def test_every_error_nginx_answers_is_json_with_its_status(tmp_path):
+    text = rendered(tmp_path)
+    for status in (400, 404, 405, 408, 413, 414, 429, 500, 502, 503, 504):
+        assert f"error_page {status} /_front/errors/{status};" in text
+        block = text[text.index(f"location = /_front/errors/{status} {{"):]
+        body = re.search(r"return 200 '(.*)\\n';", block).group(1)
+        error = json.loads(body)["error"]
+        assert error["code"] and error["message"]
+    assert "error_page 494 =400 /_front/errors/494;" in text
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"PORT": ""}, "PORT is not set"),
+    ({"PORT": "http"}, "PORT must be an integer"),
+    ({"RATE_LIMIT": "fast"}, "RATE_LIMIT must be a number"),
+    ({"RATE_LIMIT": "-1"}, "RATE_LIMIT must be at least 0"),
+    ({"RATE_LIMIT": "0.001"}, "at least one a minute"),
+    ({"CONNECTION_LIMIT": "-2"}, "CONNECTION_LIMIT must be at least 0"),
+    ({"CLIENT_TIMEOUT": "0"}, "CLIENT_TIMEOUT must be at least 1"),
+    ({"LISTEN_ADDRESS": "localhost"}, "LISTEN_ADDRESS must be an IP address"),
+    ({"TRUSTED_PROXIES": "the router"}, "TRUSTED_PROXIES must be"),
+])
+def test_a_bad_setting_stops_the_front_with_the_reason(env, message):
+    with pytest.raises(FrontSettingError, match=message):
+        FrontSettings.from_env({"PORT": "8000", **env})
+
+
+def test_start_nginx_exits_with_the_reason_before_starting_the_app(tmp_path):
+    marker = tmp_path / "app-started"
+    result = subprocess.run([str(ROOT / "bin" / "start-nginx"), "touch", str(marker)], cwd=ROOT,
+                            env={"PATH": "/usr/bin:/bin", "PORT": "8000", "RATE_LIMIT": "fast"},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "RATE_LIMIT must be a number" in result.stderr
+    assert not marker.exists()
+
+
+def test_behind_the_front_the_app_logs_the_client_nginx_names(client):
+    """gunicorn on the front's unix socket has no peer address; nginx's header gives it."""
+    from flask import request
+
+    seen = []
+    client.application.before_request_funcs.setdefault(None, []).append(lambda: seen.append(request.remote_addr))
+    client.get("/health", environ_base={"REMOTE_ADDR": ""}, headers={"X-Forwarded-For": "203.0.113.9"})
+    # A TCP peer keeps its own address whatever its header says.
+    client.get("/health", environ_base={"REMOTE_ADDR": "198.51.100.1"}, headers={"X-Forwarded-For": "203.0.113.9"})
+    assert seen == ["203.0.113.9", "198.51.100.1"]
