@@ -27,8 +27,9 @@ from pathlib import Path
 
 from .config import OPEN_FILES, ROOT, FrontSettingError, FrontSettings, RunPaths, nginx_user_when_root, render
 
-# Debian and Ubuntu install nginx in /usr/sbin, which a non-root PATH often lacks.
-NGINX_PLACES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+# Debian and Ubuntu install nginx in /usr/sbin, which a non-root PATH often lacks; on Heroku
+# the apt buildpack (Aptfile) unpacks it into the slug's .apt/.
+NGINX_PLACES = ("/usr/sbin/nginx", str(ROOT / ".apt" / "usr" / "sbin" / "nginx"), "/usr/local/sbin/nginx")
 STOP_TIMEOUT_S = 30
 
 
