@@ -397,6 +397,24 @@ def api_error(status: int, code: str, message: str = "A message for curl users."
     return {"status": status, "json": {"error": {"code": code, "message": message}}}
 
 
+def test_a_rate_limited_image_is_sent_again_after_retry_after(open_page, servers, dataset_jpeg):
+    """The front's 429 (docs/front.md): the page waits as Retry-After says and sends it once more."""
+    page = open_page(servers.api)
+    calls = []
+
+    def over_the_limit_once(route):
+        calls.append(route.request.url)
+        if len(calls) == 1:
+            route.fulfill(**api_error(429, "rate_limited"), headers={"Retry-After": "1"})
+        else:
+            route.continue_()
+
+    page.route("**/predict", over_the_limit_once)
+    page.get_by_label(CHOOSE).set_input_files(dataset_jpeg)
+    expect(status(page)).to_have_text(re.compile(r"^airplane00\.jpg: airplane, "))
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize(
     "reply, sentence",
     [
