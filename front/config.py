@@ -49,6 +49,11 @@ NGINX_ERRORS = {
 }
 
 
+# Raised while the request line or headers are read, when there is no URI yet: error_page
+# cannot go to a named location then, only to a URI.
+ERRORS_BEFORE_A_URI = (400, 414, 494)
+
+
 class FrontSettingError(ValueError):
     """A setting the front cannot start with; the message names it and says what it takes."""
 
@@ -310,7 +315,12 @@ def _error_pages(settings: FrontSettings) -> str:
         if "$" in body or "'" in body or "\\" in body:
             raise AssertionError(f"the {code} message cannot be quoted in nginx's config: {body}")
         answer = f"={status} " if status != raised else ""
-        location = f"/_front/errors/{raised}"
+        if raised in ERRORS_BEFORE_A_URI:
+            location, internal = f"/_front/errors/{raised}", "    internal;\n"
+        else:
+            # A named location: after an internal redirect to a URI, nginx answers a client
+            # that has already closed its side (a body over the limit) with its HTML page.
+            location, internal = f"@front_error_{raised}", ""
         headers = [
             "add_header Access-Control-Allow-Origin $cors_allow_origin always;",
             'add_header Access-Control-Expose-Headers "Retry-After" always;',
@@ -323,10 +333,11 @@ def _error_pages(settings: FrontSettings) -> str:
             headers.append('add_header Allow "GET, HEAD" always;')
         blocks.append(f"error_page {raised} {answer}{location};")
         blocks.append(
-            f"location = {location} {{\n    internal;\n    default_type application/json;\n"
+            # types {} so that the request's own extension (.js) does not set the type.
+            f"location {'= ' if internal else ''}{location} {{\n{internal}    types {{ }}\n    default_type application/json;\n"
             + "".join(f"    {header}\n" for header in headers)
-            # 200 here: the status is error_page's (the error's, or its =status), and a
-            # return of an error status would make nginx answer with its own HTML page.
+            # The status sent is error_page's (the error's own, or its =status), whatever
+            # this return says.
             + f"    return 200 '{body}\\n';\n}}"
         )
     return "\n".join(blocks)

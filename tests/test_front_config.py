@@ -79,8 +79,9 @@ def test_x_forwarded_for_is_believed_only_from_trusted_peers(tmp_path):
 def test_every_error_nginx_answers_is_json_with_its_status(tmp_path):
     text = rendered(tmp_path)
     for status in (400, 404, 405, 408, 413, 414, 429, 500, 502, 503, 504):
-        assert f"error_page {status} /_front/errors/{status};" in text
-        block = text[text.index(f"location = /_front/errors/{status} {{"):]
+        where = f"/_front/errors/{status}" if status in (400, 414) else f"@front_error_{status}"
+        assert f"error_page {status} {where};" in text
+        block = text[text.index(f" {where} {{"):]
         body = re.search(r"return 200 '(.*)\\n';", block).group(1)
         error = json.loads(body)["error"]
         assert error["code"] and error["message"]
