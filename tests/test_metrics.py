@@ -10,7 +10,6 @@ import socket
 import subprocess
 import time
 import urllib.request
-from urllib.parse import urlsplit
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
