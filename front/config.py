@@ -7,12 +7,13 @@ with (MAX_UPLOAD_MB, CORS_ORIGINS, GUNICORN_TIMEOUT) are read under the same nam
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import json
 import math
 import os
 import pwd
-import grp
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -195,13 +196,16 @@ class RunPaths:
 
 def render(settings: FrontSettings, paths: RunPaths, app_root: Path = ROOT, nginx_user: str | None = None) -> str:
     """The nginx configuration for these settings, serving ``app_root``'s static files."""
+    for path in (paths.run_dir, app_root.resolve()):
+        if any(character.isspace() or character in ";'\"{}$" for character in str(path)):
+            raise FrontSettingError(f"nginx's configuration cannot name {path}: move it to a path without spaces or quotes")
     values = {
         "worker_processes": settings.nginx_workers,
         "user_directive": f"user {nginx_user};" if nginx_user else "# (not root: nginx runs as this user)",
         "run_dir": paths.run_dir,
         "error_log_level": "warn",
-        "open_files": OPEN_FILES,
-        "worker_connections": OPEN_FILES // 2,
+        "open_files": open_files(),
+        "worker_connections": open_files() // 2,
         "access_log": "/dev/stdout front",
         "client_timeout": settings.client_timeout,
         "max_body_bytes": settings.max_upload_mb * MEGABYTE,
@@ -216,15 +220,22 @@ def render(settings: FrontSettings, paths: RunPaths, app_root: Path = ROOT, ngin
         "backlog": 1024,
         "app_timeout": settings.app_timeout + 5,
         "error_pages": _indent(2, _error_pages(settings)),
-        "proxy_headers": _indent(3, _proxy_headers(settings)),
+        "proxy_headers": _indent(3, _proxy_headers()),
+        "model_copy_proxy_headers": _indent(3, _proxy_headers(hand_over_files_in=app_root.resolve())),
         "prediction_limits": _indent(3, _prediction_limits(settings)),
         "app_root": app_root.resolve(),
     }
     return NginxTemplate(TEMPLATE.read_text()).substitute(values)
 
 
-# nginx's file descriptors per worker: half for clients, half for gunicorn and open files.
+# nginx's file descriptors per worker, at most: half for clients, half for gunicorn and files.
 OPEN_FILES = 8192
+
+
+def open_files() -> int:
+    """OPEN_FILES, or the hard limit where that is lower (bin/start-nginx raises the soft one)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
 
 
 def nginx_user_when_root(app_root: Path = ROOT) -> str | None:
@@ -274,20 +285,25 @@ def _prediction_limits(settings: FrontSettings) -> str:
     return "\n".join(lines) or "# RATE_LIMIT=0 and CONNECTION_LIMIT=0: no per-client limits."
 
 
-def _proxy_headers(settings: FrontSettings) -> str:
-    # Repeated in each location that sets one of its own: nginx inherits proxy_set_header
-    # only into a location that sets none.
+def _proxy_headers(hand_over_files_in: Path | None = None) -> str:
+    # Repeated in each location that proxies: nginx inherits proxy_set_header only into a
+    # location that sets none of its own.
+    if hand_over_files_in:
+        # The app may answer with X-Accel-Redirect for a file in this directory (web/device.py).
+        sendfile = ["proxy_set_header X-Sendfile-Type X-Accel-Redirect;",
+                    f"proxy_set_header X-Accel-Mapping {hand_over_files_in}/=/_front/app-files/;"]
+    else:
+        # Only nginx may ask the app to hand it a file; a client's own headers are dropped.
+        sendfile = ['proxy_set_header X-Sendfile-Type "";', 'proxy_set_header X-Accel-Mapping "";']
     return "\n".join([
         "proxy_http_version 1.1;",
         'proxy_set_header Connection "";',
         "proxy_set_header Host $http_host;",
         # The client as nginx determined it (the router's last hop, or the peer): one element,
-        # so the app never sees what a client wrote itself.
+        # so the app never sees what a client wrote there itself.
         "proxy_set_header X-Forwarded-For $remote_addr;",
         "proxy_set_header X-Forwarded-Proto $front_forwarded_proto;",
-        # Only nginx may ask the app to hand it a file; a client's own header is dropped.
-        'proxy_set_header X-Sendfile-Type "";',
-        'proxy_set_header X-Accel-Mapping "";',
+        *sendfile,
     ])
 
 

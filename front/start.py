@@ -16,6 +16,7 @@ The conventions of Heroku's nginx buildpack, for one process on a dyno:
 from __future__ import annotations
 
 import os
+import pwd
 import resource
 import shutil
 import signal
@@ -76,10 +77,7 @@ class Front:
         nginx_user = nginx_user_when_root(ROOT)
         if nginx_user:
             # nginx's workers reach the socket and temporary files in here as that user.
-            user = nginx_user.split()[0]
-            import pwd
-
-            entry = pwd.getpwnam(user)
+            entry = pwd.getpwnam(nginx_user.split()[0])
             os.chown(self.paths.run_dir, entry.pw_uid, entry.pw_gid)
         # Rendered first, so that a setting nginx refuses stops the start before the app loads.
         self.paths.nginx_conf.write_text(render(self.settings, self.paths, ROOT, nginx_user))

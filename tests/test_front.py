@@ -24,7 +24,7 @@ import pytest
 
 from .conftest import ROOT
 from .load import multipart
-from .servers import procfile_server
+from .servers import child_pids, procfile_server
 
 pytestmark = pytest.mark.slow
 
@@ -346,6 +346,18 @@ def test_the_model_copy_is_checked_by_the_app_and_sent_by_nginx(server):
                               headers={"X-Sendfile-Type": "X-Accel-Redirect", "X-Accel-Mapping": "/=/_front/app-files/"})
     assert status == 200 and len(body) == len((ROOT / "model.onnx").read_bytes())
     assert request(url, "GET", "/_front/app-files/model.zip", "127.5.0.2")[0] == 404
+
+
+def test_nginx_workers_never_run_as_root(server):
+    """Started as root (CI), nginx's workers run as the app's owner or nobody; else as its user."""
+    front = server[1]
+    workers = child_pids(front.nginx_pid)
+    assert workers
+    for pid in workers:
+        uid = int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:")).split()[1])
+        assert uid != 0, f"nginx worker {pid} runs as root"
+        if os.geteuid() != 0:
+            assert uid == os.geteuid()
 
 
 # ---------------------------------------------------------------------------------------
