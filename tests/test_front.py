@@ -89,6 +89,15 @@ def normal_latencies(url: str, images: list[bytes], count: int) -> list[float]:
     return latencies
 
 
+def nginx_memory_mb(front) -> float:
+    """Resident memory of nginx's master and workers together."""
+    total_kb = 0
+    for pid in [front.nginx_pid, *child_pids(front.nginx_pid)]:
+        status = Path(f"/proc/{pid}/status").read_text()
+        total_kb += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+    return total_kb / 1024
+
+
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
@@ -131,7 +140,7 @@ SLOW_SECONDS = 60  # the most a swarm runs: the test stops each once its normal 
 def test_slow_uploaders_and_downloaders_do_not_slow_a_normal_client(server, images):
     url = server[0]
     normal_latencies(url, images, 20)  # warm up: the first answers of a worker are slower
-    alone, among_slow = [], []
+    alone, among_slow, nginx_mb = [], [], 0.0
     for _ in range(ROUNDS):
         alone += normal_latencies(url, images, REQUESTS_PER_PHASE)
         slow = SlowClients(url, SLOW_UPLOADERS, SLOW_DOWNLOADERS, SLOW_SECONDS)
@@ -139,6 +148,7 @@ def test_slow_uploaders_and_downloaders_do_not_slow_a_normal_client(server, imag
             under_way = slow.event(timeout=60)
             assert under_way["complete"], under_way
             among_slow += normal_latencies(url, images, REQUESTS_PER_PHASE)
+            nginx_mb = max(nginx_mb, nginx_memory_mb(server[1]))
             # Were they all still at it, after all the normal client's requests? None served or cut?
             done = slow.stop()
         finally:
@@ -150,7 +160,7 @@ def test_slow_uploaders_and_downloaders_do_not_slow_a_normal_client(server, imag
                "p50_alone_ms": round(sorted(alone)[len(alone) // 2] * 1000, 1),
                "p50_among_slow_ms": round(sorted(among_slow)[len(among_slow) // 2] * 1000, 1),
                "slow_uploaders": SLOW_UPLOADERS, "slow_downloaders": SLOW_DOWNLOADERS,
-               "normal_requests_each": len(alone)}
+               "normal_requests_each": len(alone), "nginx_rss_mb_among_slow": round(nginx_mb, 1)}
     save_figures("slow_clients", figures)
     assert p99(among_slow) <= 2 * p99(alone), figures
 
