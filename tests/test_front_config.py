@@ -1,4 +1,5 @@
-"""The front's settings and the nginx configuration they render, checked by the real nginx.
+"""The front's settings and the nginx configuration they render, checked by the real nginx,
+and bin/start-nginx's start-up around a stand-in app.
 
 The server itself, with slow clients and floods, is tests/test_front.py; these are quick.
 """
@@ -6,8 +7,15 @@ The server itself, with slow clients and floods, is tests/test_front.py; these a
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +23,7 @@ from front.config import FrontSettingError, FrontSettings, RunPaths, render
 from front.start import find_nginx
 
 from .conftest import ROOT
+from .servers import free_port
 
 
 def settings(**env) -> FrontSettings:
@@ -123,3 +132,45 @@ def test_behind_the_front_the_app_logs_the_client_nginx_names(client):
     # A TCP peer keeps its own address whatever its header says.
     client.get("/health", environ_base={"REMOTE_ADDR": "198.51.100.1"}, headers={"X-Forwarded-For": "203.0.113.9"})
     assert seen == ["203.0.113.9", "198.51.100.1"]
+
+
+@pytest.mark.slow
+def test_nginx_opens_the_port_only_once_the_app_says_it_is_ready(tmp_path):
+    """bin/start-nginx with a stand-in app that writes APP_READY_FILE when the test says so."""
+    gate = tmp_path / "go"
+    app = (
+        "import os, pathlib, time\n"
+        f"while not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.05)\n"
+        "pathlib.Path(os.environ['APP_READY_FILE']).write_text('ready')\n"
+        "time.sleep(120)\n"
+    )
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], "PORT": str(port), "LISTEN_ADDRESS": "127.0.0.1"}
+    front = subprocess.Popen([str(ROOT / "bin" / "start-nginx"), sys.executable, "-c", app], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)  # long enough for a front that did not wait to have opened the port
+        assert not answers(port), "nginx listened before the app was ready"
+        gate.touch()
+        deadline = time.monotonic() + 30
+        while not answers(port) and time.monotonic() < deadline and front.poll() is None:
+            time.sleep(0.05)
+        # Nothing listens on the app's socket (the stand-in never binds it): nginx's JSON 502.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+            raise AssertionError(f"expected 502, got {response.status}")
+    except urllib.error.HTTPError as error:
+        assert error.code == 502 and json.loads(error.read())["error"]["code"] == "bad_gateway"
+    finally:
+        front.terminate()
+        _, log = front.communicate(timeout=60)
+    assert front.returncode == 0, log  # SIGTERM stops both and is not a failure
+    run_dir = re.search(r"on (\S+)/app\.sock", log).group(1)
+    assert not Path(run_dir).exists()
+
+
+def answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
