@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import OPEN_FILES, ROOT, FrontSettingError, FrontSettings, RunPaths, nginx_user_when_root, render
+from .config import ROOT, FrontSettingError, FrontSettings, RunPaths, nginx_user_when_root, open_files, render
 
 # Debian and Ubuntu install nginx in /usr/sbin, which a non-root PATH often lacks; on Heroku
 # the apt buildpack (Aptfile) unpacks it into the slug's .apt/.
@@ -51,9 +51,8 @@ def find_nginx() -> str:
 def raise_open_file_limit() -> None:
     """Enough file descriptors for nginx's connections, as far as the hard limit allows."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if soft != resource.RLIM_INFINITY and soft < open_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files(), hard))
 
 
 class Front:
@@ -126,7 +125,8 @@ class Front:
         if self.stopping:
             return 0
         say(f"{name} exited with status {process.returncode}; stopping the other")
-        return process.returncode or 1
+        # Killed by a signal: the shell's convention, 128 + its number.
+        return 128 - process.returncode if process.returncode < 0 else process.returncode or 1
 
     def on_signal(self, number, frame) -> None:
         self.stopping = True
