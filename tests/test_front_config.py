@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -174,3 +176,34 @@ def answers(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+@pytest.mark.slow
+def test_a_content_hashed_name_is_cached_for_a_year_and_others_revalidated(tmp_path):
+    """nginx alone on the rendered configuration, serving a stand-in app directory."""
+    # Outside pytest's private tmp_path: started as root, nginx's workers run as nobody.
+    app_root = Path(tempfile.mkdtemp(prefix="front-app-"))
+    app_root.chmod(0o755)
+    (app_root / "static").mkdir()
+    (app_root / "static" / "main.0123abcd.js").write_text("export const hashed = 1;\n")
+    (app_root / "static" / "main.js").write_text("export const plain = 1;\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    port = free_port()
+    conf = run_dir / "nginx.conf"
+    conf.write_text(render(settings(PORT=str(port), LISTEN_ADDRESS="127.0.0.1"), RunPaths(run_dir), app_root))
+    nginx = subprocess.Popen([find_nginx(), "-p", str(run_dir), "-c", str(conf), "-e", "stderr"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not answers(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/static/main.0123abcd.js", timeout=10) as response:
+            assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+            assert response.headers["Content-Type"] == "application/javascript"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/static/main.js", timeout=10) as response:
+            assert response.headers["Cache-Control"] == "no-cache" and response.headers["ETag"]
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=30)
+        shutil.rmtree(app_root)
