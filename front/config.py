@@ -194,9 +194,14 @@ class RunPaths:
         return self.run_dir / "nginx.conf"
 
 
-def render(settings: FrontSettings, paths: RunPaths, app_root: Path = ROOT, nginx_user: str | None = None) -> str:
-    """The nginx configuration for these settings, serving ``app_root``'s static files."""
-    for path in (paths.run_dir, app_root.resolve()):
+def render(settings: FrontSettings, paths: RunPaths, app_root: Path = ROOT, nginx_user: str | None = None,
+           files_root: Path | None = None) -> str:
+    """The nginx configuration for these settings, serving ``app_root``'s static files.
+
+    ``files_root``: where nginx reads them, if not from ``app_root`` itself (front/files.py).
+    """
+    files_root = (files_root or app_root).resolve()
+    for path in (paths.run_dir, app_root.resolve(), files_root):
         if any(character.isspace() or character in ";'\"{}$" for character in str(path)):
             raise FrontSettingError(f"nginx's configuration cannot name {path}: move it to a path without spaces or quotes")
     values = {
@@ -223,7 +228,7 @@ def render(settings: FrontSettings, paths: RunPaths, app_root: Path = ROOT, ngin
         "proxy_headers": _indent(3, _proxy_headers()),
         "model_copy_proxy_headers": _indent(3, _proxy_headers(hand_over_files_in=app_root.resolve())),
         "prediction_limits": _indent(3, _prediction_limits(settings)),
-        "app_root": app_root.resolve(),
+        "files_root": files_root,
     }
     return NginxTemplate(TEMPLATE.read_text()).substitute(values)
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from .config import ROOT, FrontSettingError, FrontSettings, RunPaths, nginx_user_when_root, open_files, render
+from .files import files_root_for
 
 # Debian and Ubuntu install nginx in /usr/sbin, which a non-root PATH often lacks; on Heroku
 # the apt buildpack (Aptfile) unpacks it into the slug's .apt/.
@@ -78,8 +79,11 @@ class Front:
             # nginx's workers reach the socket and temporary files in here as that user.
             entry = pwd.getpwnam(nginx_user.split()[0])
             os.chown(self.paths.run_dir, entry.pw_uid, entry.pw_gid)
+        files_root = files_root_for(nginx_user, ROOT, self.paths.run_dir)
+        if files_root != ROOT:
+            say(f"nginx's workers ({nginx_user.split()[0]}) cannot read {ROOT}: they send a snapshot of its files")
         # Rendered first, so that a setting nginx refuses stops the start before the app loads.
-        self.paths.nginx_conf.write_text(render(self.settings, self.paths, ROOT, nginx_user))
+        self.paths.nginx_conf.write_text(render(self.settings, self.paths, ROOT, nginx_user, files_root))
         self._check_nginx_config()
         env = {**os.environ, "APP_SOCKET": str(self.paths.app_socket), "APP_READY_FILE": str(self.paths.ready_file)}
         self.app = subprocess.Popen(self.app_command, env=env)
