@@ -35,6 +35,13 @@ def readable_by(user: str, paths: list[Path]) -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
+def hand_run_dir_to(nginx_user: str | None, run_dir: Path) -> None:
+    """Started as root: nginx's workers reach the socket, temporary files and snapshot as that user."""
+    if nginx_user:
+        entry = pwd.getpwnam(nginx_user.split()[0])
+        os.chown(run_dir, entry.pw_uid, entry.pw_gid)
+
+
 def served_paths(app_root: Path, environ=None) -> list[Path]:
     """What nginx sends from the app's directory: static/ and the model copy, if it is in there."""
     env = os.environ if environ is None else environ

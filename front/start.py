@@ -16,7 +16,6 @@ The conventions of Heroku's nginx buildpack, for one process on a dyno:
 from __future__ import annotations
 
 import os
-import pwd
 import resource
 import shutil
 import signal
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 from .config import ROOT, FrontSettingError, FrontSettings, RunPaths, nginx_user_when_root, open_files, render
-from .files import files_root_for
+from .files import files_root_for, hand_run_dir_to
 
 # Debian and Ubuntu install nginx in /usr/sbin, which a non-root PATH often lacks; on Heroku
 # the apt buildpack (Aptfile) unpacks it into the slug's .apt/.
@@ -75,10 +74,7 @@ class Front:
 
     def _run(self) -> int:
         nginx_user = nginx_user_when_root(ROOT)
-        if nginx_user:
-            # nginx's workers reach the socket and temporary files in here as that user.
-            entry = pwd.getpwnam(nginx_user.split()[0])
-            os.chown(self.paths.run_dir, entry.pw_uid, entry.pw_gid)
+        hand_run_dir_to(nginx_user, self.paths.run_dir)
         files_root = files_root_for(nginx_user, ROOT, self.paths.run_dir)
         if files_root != ROOT:
             say(f"nginx's workers ({nginx_user.split()[0]}) cannot read {ROOT}: they send a snapshot of its files")

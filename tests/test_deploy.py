@@ -199,7 +199,7 @@ def test_a_push_builds_a_slug_within_the_limit_and_serves_predictions(deployed, 
     assert any("gunicorn" in line for line in processes), processes
     head = subprocess.run(["curl", "-sS", "-I", f"{release['url']}/static/app.css"],
                           capture_output=True, text=True, check=True).stdout.lower()
-    assert "server: nginx" in head and "cache-control: no-cache" in head, head
+    assert head.startswith("http/1.1 200") and "server: nginx" in head and "cache-control: no-cache" in head, head
 
     answer = subprocess.run(
         ["curl", "-sS", "--fail-with-body", "-F", f"file=@{dataset_jpeg}", f"{release['url']}/predict"],

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from front.config import FrontSettingError, FrontSettings, RunPaths, render
+from front.config import FrontSettingError, FrontSettings, RunPaths, nginx_user_when_root, render
+from front.files import files_root_for, hand_run_dir_to, readable_by
 from front.start import find_nginx
 
 from .conftest import ROOT
@@ -207,3 +208,26 @@ def test_a_content_hashed_name_is_cached_for_a_year_and_others_revalidated(tmp_p
         nginx.terminate()
         nginx.wait(timeout=30)
         shutil.rmtree(app_root)
+
+
+def test_nginx_workers_get_a_snapshot_of_an_app_folder_they_cannot_read(tmp_path):
+    """pytest's tmp_path is private (0700): as root, nobody cannot read an app in there."""
+    app_root = tmp_path / "app"
+    (app_root / "static" / "js").mkdir(parents=True)
+    (app_root / "static" / "js" / "main.js").write_text("export {};\n")
+    (app_root / "model.onnx").write_bytes(b"onnx")
+    run_dir = Path(tempfile.mkdtemp(prefix="front-test-"))  # as bin/start-nginx makes it
+    try:
+        user = nginx_user_when_root(app_root)
+        hand_run_dir_to(user, run_dir)
+        files_root = files_root_for(user, app_root, run_dir)
+        if user is None:  # not root: nginx runs as this user, who can read its own folder
+            assert files_root == app_root
+        else:
+            assert files_root == run_dir / "app-files"
+            assert (files_root / "static" / "js" / "main.js").read_text() == "export {};\n"
+            assert (files_root / "model.onnx").read_bytes() == b"onnx"
+            assert readable_by(user.split()[0], [files_root / "static", files_root / "model.onnx"])
+            assert not readable_by(user.split()[0], [app_root / "static"])
+    finally:
+        shutil.rmtree(run_dir)
