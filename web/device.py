@@ -8,7 +8,6 @@ matches the served model (``classifier.device_model``), or when DEVICE_MODEL_PAT
 from __future__ import annotations
 
 import logging
-
 from pathlib import Path
 from urllib.parse import quote
 

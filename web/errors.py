@@ -43,7 +43,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ClientDisconnected)
     def incomplete_body(error: ClientDisconnected):
         # Werkzeug raises this while handling the failed read of the body. Behind the front
-        # nginx hands over whole bodies only (and answers a stalled one 408 itself), so this
+        # nginx hands over whole bodies only (and drops a stalled one itself), so this
         # is a body that ended early, sent straight to gunicorn.
         return error_response(
             400,
