@@ -15,10 +15,12 @@ The conventions of Heroku's nginx buildpack, for one process on a dyno:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,20 @@ def find_nginx() -> str:
             "nginx is not installed: apt-get install nginx (make run does), or set NGINX to its path"
         )
     return found
+
+
+def append_to_log_files() -> None:
+    """Where stdout or stderr is a file, make every writer append to it.
+
+    nginx opens /dev/stdout for its access log afresh, appending; gunicorn writes through the
+    descriptor it inherited, at its own offset, and would write over nginx's lines.
+    """
+    for descriptor in (1, 2):
+        try:
+            if stat.S_ISREG(os.fstat(descriptor).st_mode):
+                fcntl.fcntl(descriptor, fcntl.F_SETFL, fcntl.fcntl(descriptor, fcntl.F_GETFL) | os.O_APPEND)
+        except OSError:
+            pass
 
 
 def raise_open_file_limit() -> None:
@@ -166,6 +182,7 @@ def main(argv: list[str]) -> int:
         say(str(error))
         return 2
     raise_open_file_limit()
+    append_to_log_files()
     front = Front(argv, settings, nginx)
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, front.on_signal)
