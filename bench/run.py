@@ -29,7 +29,7 @@ from .load import run_locust
 from .workload import build_workloads
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTENDERS = {"ours": servers.ours, "ours-torchscript": servers.ours_torchscript,
+CONTENDERS = {"ours": servers.ours, "ours-direct": servers.ours_direct, "ours-torchscript": servers.ours_torchscript,
               "reference": servers.reference, "litserve": servers.litserve}
 WARMUP_REQUESTS = 10
 BATCH_SIZES = (1, 2, 4, 8)  # the floor also times the forward pass alone at these

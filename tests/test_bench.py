@@ -38,7 +38,7 @@ def bench_run(tiny_model_path, tmp_path_factory, data_dir):
 
 def test_every_contender_ran_every_load_without_errors(bench_run):
     _, results = bench_run
-    assert set(results["servers"]) == {"ours", "ours-torchscript", "reference", "litserve"}
+    assert set(results["servers"]) == {"ours", "ours-direct", "ours-torchscript", "reference", "litserve"}
     for name, server in results["servers"].items():
         loads = {(run["workload"], run["concurrency"]) for run in server["runs"]}
         assert loads == {("dataset", c) for c in CONCURRENCY} | {("12mp", 1), ("12mp-detailed", 1)}, name
@@ -60,11 +60,13 @@ def test_results_md_has_the_targets_every_row_and_the_plot(bench_run):
     text = (out / "RESULTS.md").read_text()
     assert "## Ours against the targets" in text and "machine's limit" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    for title in ("ours (Procfile)", "ours, TorchScript engine", "reference app", "LitServe"):
+    for title in ("ours (Procfile, behind nginx)", "ours, gunicorn direct (no nginx)", "ours, TorchScript engine",
+                  "reference app", "LitServe"):
         assert sum(row.startswith(f"| {title} | dataset |") for row in rows) == len(CONCURRENCY)
         assert any(row.startswith(f"| {title} | 12mp |") for row in rows)
     assert sum(row.startswith("| floor (onnxruntime), ") for row in rows) == 3 * len(results["floor"])
     assert sum(row.startswith("| floor (torchscript), ") for row in rows) == 3 * len(results["floor_torchscript"])
+    assert "**The front** (nginx in front of gunicorn" in text
     assert "load average" in text.lower() and results["commit"].split()[0] in text
     assert "](results.png)" in text
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
