@@ -7,7 +7,7 @@ do not survive fork, and a preloaded torch can hang the workers.
 import os
 
 from front import ready
-from web import multiprocess_metrics
+from web import multiprocess_metrics, record_writer
 
 # Behind the front (bin/start-nginx, the Procfile), on the unix socket it names: nginx
 # alone listens on $PORT. Started on its own (the benchmark's direct contender), on $PORT.
@@ -68,3 +68,8 @@ child_exit = multiprocess_metrics.child_exit
 on_exit = multiprocess_metrics.on_exit
 # Tell the front when every worker has warmed up the model, so that nginx opens $PORT then.
 post_worker_init = ready.post_worker_init
+
+
+# A worker that stops (a restart, a deploy, max_requests) writes the records it still has queued.
+def worker_exit(_server, _worker):
+    record_writer.close_all()

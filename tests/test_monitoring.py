@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from app import create_app
 from classifier.drift import REFERENCE_KEY
 from classifier.export import export_model
-from web import db, recording
+from web import db, record_writer, recording
 
 from .conftest import TINY_LABELS, colour_network, image_bytes
 from .load import multipart, send, wait_until
@@ -69,6 +69,7 @@ def make_app(tiny_model_path, database_url):
 
     yield make
     for app in apps:
+        recording.writer(app).close()
         db.get_database(app).engine.dispose()
 
 
@@ -81,6 +82,7 @@ def predict(client, colour=RED, request_id=None, **query):
 
 
 def rows(app) -> list:
+    recording.flush(app)  # the records this app queued: its writer thread may not have written them yet
     with db.get_database(app).engine.connect() as connection:
         return connection.execute(select(db.predictions).order_by(db.predictions.c.id)).all()
 
@@ -173,7 +175,7 @@ def test_without_keep_images_export_says_why_it_wrote_nothing(make_app, tmp_path
 
 
 def test_retention_keeps_the_newest_predictions_and_drops_old_ones(make_app, monkeypatch):
-    monkeypatch.setattr(recording, "PRUNE_EVERY_S", 0)  # prune after every insert, not once a minute
+    monkeypatch.setattr(record_writer, "PRUNE_EVERY_S", 0)  # prune after every insert, not once a minute
     app = make_app(RETENTION_MAX_PREDICTIONS=3, RETENTION_DAYS=7)
     client = app.test_client()
     ids = [predict(client, RED)[0] for _ in range(5)]
@@ -285,7 +287,8 @@ def test_feedback_for_an_unknown_request_is_404(make_app):
     ],
 )
 def test_bad_feedback_gets_a_json_400(make_app, body, code):
-    client = make_app().test_client()
+    app = make_app()
+    client = app.test_client()
     request_id, _ = predict(client, RED)
     if isinstance(body, dict):
         response = client.post("/feedback", json={"request_id": request_id, "label": "red", **body})
@@ -295,7 +298,7 @@ def test_bad_feedback_gets_a_json_400(make_app, body, code):
         response = client.post("/feedback", data=body, content_type="text/plain")
     assert response.status_code == 400
     assert response.get_json()["error"]["code"] == code
-    assert rows(make_app())[0].feedback_label is None
+    assert rows(app)[0].feedback_label is None
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -328,6 +331,7 @@ def test_the_window_counts_only_its_own_predictions(make_app):
     client = app.test_client()
     old_id, _ = predict(client, RED)
     predict(client, GREEN)
+    recording.flush(app)
     with db.get_database(app).engine.begin() as connection:
         connection.execute(update(db.predictions).where(db.predictions.c.request_id == old_id)
                            .values(created_at=db.utcnow() - timedelta(days=2)))
@@ -407,7 +411,7 @@ def test_herokus_postgres_scheme_reaches_a_real_server(postgres, tiny_model_path
 
 
 def test_a_stopped_database_fails_no_prediction(postgres, tiny_model_path, monkeypatch, caplog):
-    monkeypatch.setattr(recording, "RETRY_AFTER_S", 0)  # try the database again at once when it is back
+    monkeypatch.setattr(record_writer, "RETRY_AFTER_S", 0)  # try the database again at once when it is back
     app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_model_path), "TORCH_THREADS": 1,
                       "DATABASE_URL": postgres.new_database()})
     client = app.test_client()
@@ -463,7 +467,7 @@ def test_a_sqlite_file_that_cannot_be_made_fails_no_prediction(tiny_model_path, 
 
 
 def test_a_database_down_at_start_is_set_up_when_it_comes_back(postgres, tiny_model_path, monkeypatch):
-    monkeypatch.setattr(recording, "RETRY_AFTER_S", 0)
+    monkeypatch.setattr(record_writer, "RETRY_AFTER_S", 0)
     url = postgres.new_database()
     postgres.stop()
     try:
@@ -471,6 +475,7 @@ def test_a_database_down_at_start_is_set_up_when_it_comes_back(postgres, tiny_mo
         client = app.test_client()
         assert client.get("/health").status_code == 200  # it starts, and serves
         predict(client, RED)
+        recording.flush(app)  # written now, while the database is down: lost
     finally:
         postgres.start()
     predict(client, GREEN)

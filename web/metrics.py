@@ -47,10 +47,14 @@ metrics = Blueprint("metrics", __name__)
 # app.extensions key: functions that return more exposition text, computed at scrape time
 # (web/monitoring.py: figures from the database every worker shares).
 SCRAPE_EXTRAS = "metrics_scrape_extras"
+# app.extensions key: functions called before a scrape counts (web/recording.py's flush).
+SCRAPE_PREPARE = "metrics_scrape_prepare"
 
 
 @metrics.get("/metrics")
 def scrape():
+    for prepare in current_app.extensions.get(SCRAPE_PREPARE, ()):
+        prepare()
     body = generate_latest(_registry())
     for extra in current_app.extensions.get(SCRAPE_EXTRAS, ()):
         body += extra()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from classifier.drift import REFERENCE_KEY, drift_score, reference_distribution
 from classifier.errors import InvalidParameter
 
-from . import db, metrics
+from . import db, metrics, recording
 from .access_log import REQUEST_ID_PATTERN
 from .api import get_classifier, query_value
 from .auth import api_key_required
@@ -57,7 +58,13 @@ def feedback():
         return _model_not_ready()
     request_id, item, label = read_feedback(classifier.labels)
     try:
+        recording.flush()  # this worker's queued records: a prediction it answered just now
         outcome = db.run(lambda connection: give_feedback(connection, request_id, item, label))
+        if outcome is None:
+            # Another worker may hold the record in its queue: it writes it within a flush
+            # interval (docs/monitoring.md), so look once more after two of them.
+            time.sleep(2 * current_app.config["RECORD_FLUSH_MS"] / 1000)
+            outcome = db.run(lambda connection: give_feedback(connection, request_id, item, label))
     except SQLAlchemyError as error:
         log.error("feedback for %s not recorded: %s", request_id, db.error_reason(error))
         return _database_unavailable()
@@ -136,6 +143,7 @@ def monitoring_report():
         seconds = parse_duration(raw)
     except ValueError as error:
         raise InvalidParameter(f"'window': {error}") from None
+    recording.flush()
     try:
         report = db.run(lambda connection: window_report(connection, classifier, seconds))
     except SQLAlchemyError as error:
@@ -264,6 +272,7 @@ def export_feedback_command(directory: str) -> None:
     Only predictions recorded with KEEP_IMAGES on have images. Running it again rewrites
     the same files.
     """
+    recording.flush()
     try:
         written, skipped = db.run(lambda connection: export_feedback(connection, Path(directory)))
     except SQLAlchemyError as error:
@@ -302,7 +311,10 @@ def file_stem(request_id: str, item: int) -> str:
 def init_app(app: Flask) -> None:
     """Recording, feedback and monitoring: the database, the routes, /metrics figures, the command."""
     db.init_app(app)
+    recording.init_app(app)
     app.register_blueprint(monitoring)
+    # Queued records first, so that this scrape counts them (written or lost).
+    app.extensions.setdefault(metrics.SCRAPE_PREPARE, []).append(recording.flush)
     app.extensions.setdefault(metrics.SCRAPE_EXTRAS, []).append(scrape_figures)
     app.cli.add_command(export_feedback_command)
 

@@ -1,48 +1,42 @@
 """Every prediction the API answers is written to the monitoring database (web/db.py).
 
-Recording never fails a prediction: whatever goes wrong with the database, the answer goes
-out, the loss is counted in /metrics (``prediction_records_lost_total`` by reason) and
-logged. After a failure the database is left alone for ``RETRY_AFTER_S``, so a database
-that hangs costs one connect timeout, not one per request. Old rows are pruned now and then
-(``RETENTION_DAYS``, ``RETENTION_MAX_PREDICTIONS``). With ``KEEP_IMAGES`` the 224x224 copy
-of each image the model saw is stored beside its prediction, as a PNG.
+Recording never fails or delays a prediction: a request only queues its records, and a
+thread in each worker writes them in batches (web/record_writer.py). Whatever goes wrong
+with the database, the answer goes out, the loss is counted in /metrics
+(``prediction_records_lost_total`` by reason) and logged. After a failure the database is
+left alone for ``RETRY_AFTER_S``, so a database that hangs costs one connect timeout, not one
+per batch. Old rows are pruned now and then (``RETENTION_DAYS``, ``RETENTION_MAX_PREDICTIONS``).
+With ``KEEP_IMAGES`` the 224x224 copy of each image the model saw is stored beside its
+prediction, as a PNG. Code that reads the database calls ``flush()`` first, so that it sees
+this worker's own records.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import time
 from typing import Sequence
 
-from flask import current_app
+from flask import Flask, current_app
 from prometheus_client import Counter
-from sqlalchemy import insert
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from classifier.errors import InputError
 from classifier.images import decode_image, resize_for_model
 
 from . import db
 from .access_log import request_id
+from .record_writer import RECORDED, RECORDS_LOST, Record, RecordWriter  # noqa: F401 (the counters' home)
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_S = 5.0
-PRUNE_EVERY_S = 60.0
+WRITER_KEY = "prediction_record_writer"
 
 PREDICTIONS = Counter("model_predictions", "Predictions answered, by model, version and predicted label.",
                       ["model", "version", "label"])
-RECORDED = Counter("prediction_records", "Predictions written to the monitoring database.")
-RECORDS_LOST = Counter("prediction_records_lost",
-                       "Predictions answered but not written to the monitoring database, by reason.",
-                       ["reason"])
-
-_INSERT = insert(db.predictions)  # built once; SQLAlchemy caches its compiled form
 
 
 def record_predictions(classifier, uploads: Sequence[bytes], results: Sequence) -> None:
-    """Count and store the predictions of this request (a batch's errors, in place, are skipped).
+    """Count and queue the predictions of this request (a batch's errors, in place, are skipped).
 
     ``classifier`` is the served ``Classifier``; ``results`` its ``Prediction`` for each upload,
     or the ``InputError`` that image got.
@@ -55,53 +49,37 @@ def record_predictions(classifier, uploads: Sequence[bytes], results: Sequence) 
     config = current_app.config
     if not answered or not config["RECORD_PREDICTIONS"]:
         return
-    database = db.get_database()
-    if time.monotonic() < database.retry_at:
-        RECORDS_LOST.labels("database_unavailable").inc(len(answered))
-        return
-    now = db.utcnow()
-    rows = [
-        {
-            "request_id": request_id(),
-            "item": item,
-            "created_at": now,
-            "model_name": name,
-            "model_version": version,
-            "label": prediction.top[0][0],
-            "score": prediction.top[0][1],
-            "top": [[label, score] for label, score in prediction.top],
-            "image": kept_image(upload, classifier.max_pixels) if config["KEEP_IMAGES"] else None,
-        }
+    now, rid, keep = db.utcnow(), request_id(), config["KEEP_IMAGES"]
+    writer(current_app).submit([
+        Record(rid, item, now, name, version, prediction.top[0][0], prediction.top[0][1],
+               [[label, score] for label, score in prediction.top],
+               kept_image(upload, classifier.max_pixels) if keep else None)
         for item, upload, prediction in answered
-    ]
-    try:
-        db.run(lambda connection: connection.execute(_INSERT, rows), durable=False)
-    except IntegrityError:
-        # The client sent an X-Request-ID that an earlier request already used.
-        RECORDS_LOST.labels("duplicate_request_id").inc(len(rows))
-        log.warning("prediction not recorded: request id %r was already recorded", request_id())
-        return
-    except SQLAlchemyError as error:
-        database.retry_at = time.monotonic() + RETRY_AFTER_S
-        RECORDS_LOST.labels("database_unavailable").inc(len(rows))
-        log.error("prediction %s not recorded, the monitoring database failed: %s (next try in %.0fs)",
-                  request_id(), db.error_reason(error), RETRY_AFTER_S)
-        return
-    RECORDED.inc(len(rows))
-    if time.monotonic() >= database.prune_at:
-        database.prune_at = time.monotonic() + PRUNE_EVERY_S
-        prune_old_predictions()
+    ])
 
 
-def prune_old_predictions() -> None:
-    config = current_app.config
-    try:
-        removed = db.run(lambda connection: db.prune(connection, config["RETENTION_DAYS"], config["RETENTION_MAX_PREDICTIONS"]))
-    except SQLAlchemyError as error:
-        log.warning("could not prune old predictions: %s", db.error_reason(error))
-        return
-    if removed:
-        log.info("pruned %d predictions past the retention limits", removed)
+def writer(app: Flask) -> RecordWriter:
+    """This app's record writer in this process."""
+    return app.extensions[WRITER_KEY]
+
+
+def flush(app: Flask | None = None) -> None:
+    """Write this worker's queued records now: before reading them back (feedback, /monitoring)."""
+    app = app or current_app
+    if WRITER_KEY in app.extensions:
+        writer(app).flush()
+
+
+def init_app(app: Flask) -> None:
+    config = app.config
+    database = db.get_database(app)
+
+    def prune() -> int:
+        with database.engine.begin() as connection:
+            return db.prune(connection, config["RETENTION_DAYS"], config["RETENTION_MAX_PREDICTIONS"])
+
+    app.extensions[WRITER_KEY] = RecordWriter(database, queue_limit=int(config["RECORD_QUEUE_LIMIT"]),
+                                              flush_s=int(config["RECORD_FLUSH_MS"]) / 1000, prune=prune)
 
 
 def kept_image(upload: bytes, max_pixels: int) -> bytes | None:

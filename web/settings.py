@@ -85,6 +85,10 @@ def settings_from_env() -> dict:
         "RECORD_PREDICTIONS": _flag_env("RECORD_PREDICTIONS", True),
         # Off: no image is kept. On: the 224x224 copy of each image is stored for retraining.
         "KEEP_IMAGES": _flag_env("KEEP_IMAGES", False),
+        # Records are queued and written in batches by a thread in each worker (web/record_writer.py):
+        # at most this many waiting, written at least this often.
+        "RECORD_QUEUE_LIMIT": _int_env("RECORD_QUEUE_LIMIT", 1000),
+        "RECORD_FLUSH_MS": _int_env("RECORD_FLUSH_MS", 100),
         "RETENTION_DAYS": _int_env("RETENTION_DAYS", 30),
         "RETENTION_MAX_PREDICTIONS": _int_env("RETENTION_MAX_PREDICTIONS", 200_000),
         "LOW_CONFIDENCE_THRESHOLD": _float_env("LOW_CONFIDENCE_THRESHOLD", 0.5),
@@ -111,7 +115,7 @@ def check_settings(config) -> None:
             raise ValueError(f"{key} must be at least 1, got {config[key]!r}")
     if config["INFERENCE_ENGINE"] not in ENGINES:
         raise ValueError(f"INFERENCE_ENGINE must be one of {', '.join(ENGINES)}, not {config['INFERENCE_ENGINE']!r}")
-    for key in ("RETENTION_DAYS", "RETENTION_MAX_PREDICTIONS"):
+    for key in ("RETENTION_DAYS", "RETENTION_MAX_PREDICTIONS", "RECORD_QUEUE_LIMIT", "RECORD_FLUSH_MS"):
         if int(config.get(key, 1)) < 1:
             raise ValueError(f"{key} must be at least 1, got {config[key]!r}")
     for key in ("LOW_CONFIDENCE_THRESHOLD", "DRIFT_THRESHOLD"):

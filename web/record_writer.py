@@ -1,0 +1,214 @@
+"""A worker's prediction records, written in batches by a thread of its own.
+
+A request only appends its rows to a bounded queue (web/recording.py); this thread writes
+what is waiting with one multi-row INSERT and one commit, at most ``flush_s`` after the first
+row arrived, or at once when ``batch_rows`` are waiting. So no request waits for the database,
+and the database sees one transaction per batch instead of one per request
+(docs/monitoring.md has the measured cost).
+
+What can be lost, and how it is counted (``prediction_records_lost_total{reason}``):
+``queue_full`` when the queue is at its limit (a database slower than the traffic, or down
+and not yet known to be), ``database_unavailable`` for a batch the database refused, and
+``duplicate_request_id`` for a client that reused an X-Request-ID. ``close()`` (gunicorn's
+worker_exit, atexit) writes what is left, so a graceful stop loses nothing; a worker killed
+outright loses what was waiting, at most one flush interval of records.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from typing import Callable, NamedTuple
+
+from prometheus_client import Counter
+from sqlalchemy import insert, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+
+from . import db
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5.0
+PRUNE_EVERY_S = 60.0
+# With KEEP_IMAGES each row carries a PNG: bound the queue's bytes as well as its rows.
+QUEUE_LIMIT_BYTES = 32 * 1024 * 1024
+
+RECORDED = Counter("prediction_records", "Predictions written to the monitoring database.")
+RECORDS_LOST = Counter("prediction_records_lost",
+                       "Predictions answered but not written to the monitoring database, by reason.",
+                       ["reason"])
+
+_INSERT = insert(db.predictions)  # built once; SQLAlchemy caches its compiled form
+_COLUMNS = ("request_id", "item", "created_at", "model_name", "model_version", "label", "score", "top", "image")
+
+
+class Record(NamedTuple):
+    """One answered image, as a request queues it: cheap to make, turned into a row by the writer."""
+    request_id: str
+    item: int
+    created_at: object
+    model_name: str
+    model_version: str
+    label: str
+    score: float
+    top: list
+    image: bytes | None
+
+
+class RecordWriter:
+    """The queue and the thread that empties it, for one app's database in one process."""
+
+    def __init__(self, database: db.Database, queue_limit: int, flush_s: float,
+                 prune: Callable[[], int] | None = None, batch_rows: int = 500):
+        self.database = database
+        self.queue_limit = queue_limit
+        self.flush_s = flush_s
+        self.batch_rows = min(batch_rows, queue_limit)
+        self.prune = prune
+        self._pending: list[Record] = []
+        self._pending_bytes = 0
+        self._condition = threading.Condition()
+        self._flush_lock = threading.Lock()  # one batch at a time: the thread's, or a reader's flush
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        _WRITERS.add(self)
+
+    def submit(self, records: list[Record]) -> None:
+        """Queue a request's records; count them lost when they cannot be (never raises, never waits)."""
+        if time.monotonic() < self.database.retry_at:
+            RECORDS_LOST.labels("database_unavailable").inc(len(records))
+            return
+        size = sum(len(record.image) for record in records if record.image)
+        with self._condition:
+            if self._closed or (len(self._pending) + len(records) > self.queue_limit
+                                or self._pending_bytes + size > QUEUE_LIMIT_BYTES):
+                full = True
+            else:
+                full = False
+                was_empty = not self._pending
+                self._pending += records
+                self._pending_bytes += size
+                # Wake the thread: from its idle wait for a first row, or early when a batch is full.
+                if was_empty or len(self._pending) >= self.batch_rows:
+                    self._condition.notify()
+            if self._thread is None and not self._closed:
+                # Started on first use, so in the gunicorn worker, after the fork.
+                self._thread = threading.Thread(target=self._run, name="prediction-records", daemon=True)
+                self._thread.start()
+        if full:
+            RECORDS_LOST.labels("queue_full").inc(len(records))
+            log.error("prediction %s not recorded: the record queue is full (%d waiting; RECORD_QUEUE_LIMIT)",
+                      records[0].request_id, self.queue_limit)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._pending and not self._closed:
+                    self._condition.wait()
+                if not self._closed and len(self._pending) < self.batch_rows:
+                    self._condition.wait(self.flush_s)  # gather the rows of the next flush interval
+                closed = self._closed
+            self.flush()
+            if closed:
+                return
+
+    def flush(self) -> None:
+        """Write everything queued so far (a reader of the database calls it first, in-process)."""
+        with self._flush_lock:
+            while True:
+                with self._condition:
+                    batch = self._pending[:self.batch_rows]
+                    del self._pending[:self.batch_rows]
+                    self._pending_bytes -= sum(len(record.image) for record in batch if record.image)
+                if not batch:
+                    return
+                self._write(batch)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is left and stop the thread: at a worker's graceful exit."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self.flush()  # whatever the thread had not taken (or no thread ever started)
+
+    def _write(self, batch: list[Record]) -> None:
+        rows = [dict(zip(_COLUMNS, record)) for record in batch]
+        try:
+            self._insert(rows)
+        except IntegrityError:
+            # A client reused an X-Request-ID: write request by request, to lose only those.
+            self._write_one_by_one(rows)
+            return
+        except SQLAlchemyError as error:
+            self._lost_to_database(rows, error)
+            return
+        RECORDED.inc(len(rows))
+        self._maybe_prune()
+
+    def _insert(self, rows: list[dict]) -> None:
+        """One transaction; a pooled connection the database dropped (a restart) is replaced once."""
+        self.database.ensure_schema()
+        for attempt in (1, 2):
+            try:
+                with self.database.engine.begin() as connection:
+                    if connection.dialect.name == "postgresql":
+                        # One commit per batch: wait for the disk, unlike the engine's default.
+                        connection.execute(text("SET LOCAL synchronous_commit TO ON"))
+                    connection.execute(_INSERT, rows)
+                return
+            except DBAPIError as error:
+                if attempt == 2 or not error.connection_invalidated:
+                    raise
+
+    def _write_one_by_one(self, rows: list[dict]) -> None:
+        for row in rows:
+            try:
+                self._insert([row])
+            except IntegrityError:
+                RECORDS_LOST.labels("duplicate_request_id").inc()
+                log.warning("prediction not recorded: request id %r was already recorded", row["request_id"])
+            except SQLAlchemyError as error:
+                self._lost_to_database([row], error)
+            else:
+                RECORDED.inc()
+
+    def _lost_to_database(self, rows: list[dict], error: Exception) -> None:
+        self.database.retry_at = time.monotonic() + RETRY_AFTER_S
+        RECORDS_LOST.labels("database_unavailable").inc(len(rows))
+        ids = sorted({row["request_id"] for row in rows})
+        named = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        log.error("prediction %s not recorded, the monitoring database failed: %s (next try in %.0fs)",
+                  named, db.error_reason(error), RETRY_AFTER_S)
+
+    def _maybe_prune(self) -> None:
+        if self.prune is None or time.monotonic() < self.database.prune_at:
+            return
+        self.database.prune_at = time.monotonic() + PRUNE_EVERY_S
+        try:
+            removed = self.prune()
+        except SQLAlchemyError as error:
+            log.warning("could not prune old predictions: %s", db.error_reason(error))
+            return
+        if removed:
+            log.info("pruned %d predictions past the retention limits", removed)
+
+
+_WRITERS: "weakref.WeakSet[RecordWriter]" = weakref.WeakSet()
+
+
+def close_all(*_args) -> None:
+    """Flush and stop every writer of this process; gunicorn's worker_exit hook, and atexit."""
+    for writer in list(_WRITERS):
+        try:
+            writer.close()
+        except Exception:  # at exit: log it, and let the others flush
+            log.exception("could not flush the prediction records at exit")
+
+
+atexit.register(close_all)
