@@ -7,7 +7,7 @@ do not survive fork, and a preloaded torch can hang the workers.
 import os
 
 from front import ready
-from web import multiprocess_metrics, record_writer
+from web import multiprocess_metrics
 
 # Behind the front (bin/start-nginx, the Procfile), on the unix socket it names: nginx
 # alone listens on $PORT. Started on its own (the benchmark's direct contender), on $PORT.
@@ -72,4 +72,8 @@ post_worker_init = ready.post_worker_init
 
 # A worker that stops (a restart, a deploy, max_requests) writes the records it still has queued.
 def worker_exit(_server, _worker):
+    # Imported here, in the worker: prometheus_client imported in the master before
+    # on_starting sets up multiprocess mode would leave every worker's metrics its own.
+    from web import record_writer
+
     record_writer.close_all()

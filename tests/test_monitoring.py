@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import signal
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -481,6 +483,116 @@ def test_a_database_down_at_start_is_set_up_when_it_comes_back(postgres, tiny_mo
     predict(client, GREEN)
     assert [row.label for row in rows(app)] == ["green"]
     db.get_database(app).engine.dispose()
+
+
+# --- The writer: records queued by requests, written in batches ---------------------------
+
+
+def database_rows(app) -> list:
+    """What the database holds now, without flushing this app's queue first."""
+    with db.get_database(app).engine.connect() as connection:
+        return connection.execute(select(db.predictions).order_by(db.predictions.c.id)).all()
+
+
+def test_queued_records_are_written_in_one_batch_complete(make_app):
+    app = make_app(RECORD_FLUSH_MS=600_000)  # the thread waits: only the reader's flush writes them
+    client = app.test_client()
+    written = metric(client.get("/metrics").text, "prediction_records_total")
+    answers = [predict(client, colour, top=2) for colour in (RED, GREEN, BLUE) * 4]
+    assert database_rows(app) == []  # queued, not written: no request waited for the database
+    assert client.get("/monitoring").get_json()["predictions"]["total"] == 12  # a read flushes first
+    recorded = database_rows(app)
+    assert [(row.request_id, row.label, row.score, row.top) for row in recorded] == [
+        (request_id, answer["label"], answer["score"], [[entry["label"], entry["score"]] for entry in answer["top"]])
+        for request_id, answer in answers
+    ]
+    assert len({row.created_at for row in recorded}) >= 1 and all(row.model_version == "0.0.1" for row in recorded)
+    assert metric(client.get("/metrics").text, "prediction_records_total") == written + 12
+
+
+def test_the_writer_thread_writes_without_a_reader(make_app):
+    app = make_app(RECORD_FLUSH_MS=20)
+    request_id, _ = predict(app.test_client(), GREEN)
+    wait_until(lambda: [row.request_id for row in database_rows(app)] == [request_id], timeout=30,
+               what="the writer thread to write the record")
+
+
+def test_feedback_finds_a_prediction_still_in_the_queue(make_app):
+    app = make_app(RECORD_FLUSH_MS=600_000)
+    client = app.test_client()
+    request_id, _ = predict(client, RED)
+    assert database_rows(app) == []
+    response = client.post("/feedback", json={"request_id": request_id, "label": "blue"})
+    assert response.status_code == 200 and response.get_json()["predicted"] == "red"
+
+
+def test_a_full_queue_answers_every_prediction_and_counts_the_loss(make_app, caplog):
+    app = make_app(RECORD_QUEUE_LIMIT=3, RECORD_FLUSH_MS=600_000)
+    client = app.test_client()
+    lost = metric(client.get("/metrics").text, "prediction_records_lost_total", reason="queue_full")
+    ids = [predict(client, BLUE)[0] for _ in range(5)]  # every one answered
+    assert f"prediction {ids[3]} not recorded: the record queue is full" in caplog.text
+    assert metric(client.get("/metrics").text, "prediction_records_lost_total", reason="queue_full") == lost + 2
+    assert [row.request_id for row in rows(app)] == ids[:3]
+    predict(client, BLUE)  # the queue was emptied: room again
+    assert len(rows(app)) == 4
+
+
+def test_a_batch_the_stopped_database_refuses_is_counted_and_logged(postgres, tiny_model_path, caplog):
+    app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_model_path), "TORCH_THREADS": 1,
+                      "DATABASE_URL": postgres.new_database(), "RECORD_FLUSH_MS": 600_000})
+    client = app.test_client()
+    try:
+        lost = metric(client.get("/metrics").text, "prediction_records_lost_total", reason="database_unavailable")
+        ids = [predict(client, colour)[0] for colour in (RED, GREEN, BLUE)]
+        postgres.stop()
+        try:
+            scraped = client.get("/metrics")  # the scrape flushes the queue first
+            assert scraped.status_code == 200
+            assert metric(scraped.text, "prediction_records_lost_total", reason="database_unavailable") == lost + 3
+            assert "not recorded, the monitoring database failed" in caplog.text
+            assert all(request_id in caplog.text for request_id in ids)
+            assert predict(client, RED)[1]["label"] == "red"  # within RETRY_AFTER_S: counted at once
+            assert metric(client.get("/metrics").text, "prediction_records_lost_total",
+                          reason="database_unavailable") == lost + 4
+        finally:
+            postgres.start()
+    finally:
+        recording.writer(app).close()
+        db.get_database(app).engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_graceful_stop_of_the_server_writes_every_queued_record(database_url, tiny_model_path, tmp_path):
+    """SIGTERM, as a deploy or restart sends: each worker writes its queue before it exits."""
+    log = tmp_path / "gunicorn.log"
+    env = {"MODEL_PATH": str(tiny_model_path), "DATABASE_URL": database_url, "RECORD_FLUSH_MS": "600000"}
+    body, content_type = multipart([("file", image_bytes(colour=GREEN))])
+    ids = [f"before-stop-{index}" for index in range(30)]
+    engine = db.make_engine(db.database_url({"DATABASE_URL": database_url}, str(tmp_path)))
+    try:
+        with procfile_server(env=env, log_path=log) as (url, server):
+            wait_until(lambda: log.read_text().count("loaded in") == 2, timeout=60, what="both workers to load")
+            statuses = []
+            threads = [threading.Thread(target=lambda chunk=ids[start::3]: statuses.extend(
+                send(url, "POST", "/predict", body, {"Content-Type": content_type, "X-Request-ID": request_id})[0]
+                for request_id in chunk)) for start in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+            assert statuses == [200] * len(ids)
+            with engine.connect() as connection:  # queued in the workers, not yet written
+                assert connection.execute(select(db.predictions.c.id)).all() == []
+            os.killpg(server.process.pid, signal.SIGTERM)
+            server.process.wait(timeout=60)
+        assert len(pids_of(log, "/predict")) == 2, "one worker took every prediction"
+        with engine.connect() as connection:
+            written = connection.execute(select(db.predictions.c.request_id)).scalars().all()
+        assert sorted(written) == sorted(ids)
+        assert "not recorded" not in log.read_text()
+    finally:
+        engine.dispose()
 
 
 # --- The real server: two workers, one database ------------------------------------------

@@ -66,7 +66,8 @@ class RecordWriter:
         self.database = database
         self.queue_limit = queue_limit
         self.flush_s = flush_s
-        self.batch_rows = min(batch_rows, queue_limit)
+        # Rows per INSERT; this many waiting wake the thread before the interval is up.
+        self.batch_rows = batch_rows
         self.prune = prune
         self._pending: list[Record] = []
         self._pending_bytes = 0
