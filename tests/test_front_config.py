@@ -61,7 +61,7 @@ def test_defaults_limit_each_client_on_the_prediction_routes_only(tmp_path):
     text = rendered(tmp_path)
     assert "rate=10r/s;" in text and "limit_req zone=predictions burst=20 nodelay;" in text
     assert "limit_conn prediction_connections 10;" in text
-    predictions = text[text.index("location ~ ^/predict(/|$) {"):]
+    predictions = text[text.index("location ~ ^/(predict(/|$)|feedback$) {"):]
     assert predictions.index("limit_req ") < predictions.index("}")
     assert text.count("limit_req zone=") == 1 and text.count("limit_conn prediction_connections") == 1
 
