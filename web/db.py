@@ -140,11 +140,8 @@ def make_engine(url: str) -> Engine:
         pool_size=2,
         max_overflow=4,
         # No pre-ping (a round trip per request): a connection the server dropped (a restart)
-        # fails its statement, and `run` tries once more on a fresh one.
-        # Commits return before they reach the disk (a crash of the database loses the last
-        # fraction of a second of records, never corrupts them): every request pays for the
-        # prediction's record. `run(durable=True)`, the default, turns it back on for the rest.
-        connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "options": "-c synchronous_commit=off"},
+        # fails its statement, and `run` (or the record writer) tries once more on a fresh one.
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
     )
 
 
@@ -221,19 +218,16 @@ def get_db() -> Connection:
     return g.db
 
 
-def run(work, durable: bool = True):
+def run(work):
     """``work(connection)`` in a transaction on this request's connection; its result.
 
     A connection the database dropped since it was last used (a restart, a fail-over) is
-    replaced once. ``durable=False``: PostgreSQL may answer before the commit reaches the
-    disk (see make_engine), for prediction records; feedback waits for it.
+    replaced once.
     """
     for attempt in (1, 2):
         connection = get_db()
         try:
             with connection.begin():
-                if durable and connection.dialect.name == "postgresql":
-                    connection.execute(text("SET LOCAL synchronous_commit TO ON"))
                 return work(connection)
         except DBAPIError as error:
             close_db()

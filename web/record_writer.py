@@ -24,7 +24,7 @@ import weakref
 from typing import Callable, NamedTuple
 
 from prometheus_client import Counter
-from sqlalchemy import insert, text
+from sqlalchemy import insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from . import db
@@ -158,9 +158,6 @@ class RecordWriter:
         for attempt in (1, 2):
             try:
                 with self.database.engine.begin() as connection:
-                    if connection.dialect.name == "postgresql":
-                        # One commit per batch: wait for the disk, unlike the engine's default.
-                        connection.execute(text("SET LOCAL synchronous_commit TO ON"))
                     connection.execute(_INSERT, rows)
                 return
             except DBAPIError as error:
