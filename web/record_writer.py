@@ -8,8 +8,9 @@ and the database sees one transaction per batch instead of one per request
 
 What can be lost, and how it is counted (``prediction_records_lost_total{reason}``):
 ``queue_full`` when the queue is at its limit (a database slower than the traffic, or down
-and not yet known to be), ``database_unavailable`` for a batch the database refused, and
-``duplicate_request_id`` for a client that reused an X-Request-ID. ``close()`` (gunicorn's
+and not yet known to be), ``database_unavailable`` for a batch the database refused,
+``duplicate_request_id`` for a client that reused an X-Request-ID, and ``write_failed`` for
+anything else that went wrong in writing (a bug: logged with its traceback). ``close()`` (gunicorn's
 worker_exit, atexit) writes what is left, so a graceful stop loses nothing; a worker killed
 outright loses what was waiting, at most one flush interval of records.
 """
@@ -148,6 +149,10 @@ class RecordWriter:
             return
         except SQLAlchemyError as error:
             self._lost_to_database(rows, error)
+            return
+        except Exception:  # a bug, not the database: keep the thread alive, count and log the loss
+            RECORDS_LOST.labels("write_failed").inc(len(rows))
+            log.exception("%d prediction records not recorded: writing them failed", len(rows))
             return
         RECORDED.inc(len(rows))
         self._maybe_prune()
