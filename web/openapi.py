@@ -263,6 +263,10 @@ def _components(app: Flask, labels: tuple[str, ...]) -> dict:
                     "model": {"type": "string"},
                     "version": {"type": "string"},
                     "engine": {"type": "string", "enum": ["onnxruntime", "torchscript"]},
+                    "engine_reason": {
+                        "type": "string",
+                        "description": "Why this engine serves: the check that verified the ONNX copy, or why there is none.",
+                    },
                 },
             },
             "Loading": {
