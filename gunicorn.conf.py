@@ -6,7 +6,7 @@ do not survive fork, and a preloaded torch can hang the workers.
 
 import os
 
-from web import multiprocess_metrics
+from web import multiprocess_metrics, serving_check
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -58,6 +58,15 @@ control_socket_disable = True
 
 # Prometheus multiprocess mode (web/metrics.py): the master prepares the shared directory
 # before it forks the workers, lets go of each worker that exits, and cleans up at the end.
-on_starting = multiprocess_metrics.on_starting
 child_exit = multiprocess_metrics.child_exit
 on_exit = multiprocess_metrics.on_exit
+
+
+def on_starting(server):
+    multiprocess_metrics.on_starting(server)
+    # The ONNX copy is checked against model.zip here, once, in a subprocess, so that the
+    # workers can serve it without importing torch (web/serving_check.py).
+    serving_check.on_starting(server)
+
+
+on_reload = serving_check.on_reload

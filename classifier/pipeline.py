@@ -27,6 +27,10 @@ from .verified_copy import CheckStore, serve_verified_copy
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
+# A batch request's images go through the model this many at a time: a forward pass's
+# memory grows with its images, and on this model larger passes gain little or nothing per
+# image (bench/RESULTS.md, micro-batching; docs/memory.md has what each costs).
+IMAGES_PER_FORWARD = 4
 
 # Plain ASCII digits only: int() would also take " 3", "0_1" and non-Latin digits.
 _TOP_K_PATTERN = re.compile(r"[0-9]{1,6}")
@@ -176,7 +180,7 @@ class Classifier:
     def classify_many(
         self, items: Sequence[bytes], top_k: int | None = None
     ) -> list[Prediction | InputError]:
-        """Classify several images in one forward pass; a bad item yields its error in place."""
+        """Classify several images, a few per forward pass; a bad item yields its error in place."""
         results: list[Prediction | InputError | None] = [None] * len(items)
         decoded, positions = [], []
         for position, data in enumerate(items):
@@ -187,9 +191,9 @@ class Classifier:
                 positions.append(position)
             except InputError as error:
                 results[position] = error
-        if decoded:
-            probabilities = self.predict(decoded)
-            for row, position in enumerate(positions):
+        for start in range(0, len(decoded), IMAGES_PER_FORWARD):
+            probabilities = self.predict(decoded[start : start + IMAGES_PER_FORWARD])
+            for row, position in enumerate(positions[start : start + IMAGES_PER_FORWARD]):
                 results[position] = self.encode(probabilities[row], top_k)
         return results
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -147,8 +146,7 @@ def check_copy(model_path: str | Path, onnx_path: str | Path) -> CopyCheck:
     # Hashed before anything is read, so that the record names the bytes that were checked
     # (a file replaced meanwhile gets another hash, and no worker finds this record for it).
     model_sha256 = file_sha256(model_path)
-    onnx_bytes = onnx_path.read_bytes() if onnx_path.is_file() else b""
-    onnx_sha256 = hashlib.sha256(onnx_bytes).hexdigest()
+    onnx_sha256 = file_sha256(onnx_path) if onnx_path.is_file() else ""
     model = load_model(model_path, warmup_runs=1)  # raises ModelContractError: not servable at all
     outcome = dict(
         model_sha256=model_sha256, onnx_sha256=onnx_sha256, labels=model.labels, meta=model.meta,
@@ -159,7 +157,9 @@ def check_copy(model_path: str | Path, onnx_path: str | Path) -> CopyCheck:
         manifest = load_device_model(onnx_path, model_path).manifest  # names model.zip by SHA-256
         if list(manifest["labels"]) != list(model.labels):
             raise DeviceModelUnavailable(f"{onnx_path}'s manifest lists other labels than {model_path.name}.")
-        difference = _smoke_difference(model, onnx_bytes, onnx_path)
+        difference = _smoke_difference(model, onnx_path)
+        if file_sha256(onnx_path) != onnx_sha256:
+            raise DeviceModelUnavailable(f"{onnx_path} changed while it was being checked.")
     except DeviceModelUnavailable as refusal:
         return CopyCheck(REFUSED, refusal.message, seconds=time.perf_counter() - started, **outcome)
     return CopyCheck(
@@ -168,13 +168,13 @@ def check_copy(model_path: str | Path, onnx_path: str | Path) -> CopyCheck:
     )
 
 
-def _smoke_difference(model: LoadedModel, onnx_bytes: bytes, onnx_path: Path) -> float:
+def _smoke_difference(model: LoadedModel, onnx_path: Path) -> float:
     from .engines import TorchScriptEngine
 
     smoke = smoke_batch()
     expected = softmax(TorchScriptEngine(model)(smoke))
     try:
-        got = softmax(OnnxRuntimeEngine(onnx_bytes, threads=1)(smoke))
+        got = softmax(OnnxRuntimeEngine(onnx_path, threads=1)(smoke))
     except Exception as exc:  # onnxruntime raises its own exception types
         raise DeviceModelUnavailable(f"{onnx_path} failed on a smoke batch: {exc}") from exc
     if got.shape != expected.shape:
@@ -188,10 +188,11 @@ def _smoke_difference(model: LoadedModel, onnx_bytes: bytes, onnx_path: Path) ->
 
 
 def check_in_subprocess(model_path: str | Path, onnx_path: str | Path, store: CheckStore) -> CopyCheck:
-    """``check_copy`` in a fresh Python process that exits after it, so torch never enters this one.
+    """``check_once`` in a fresh Python process that exits after it, so torch never enters this one.
 
-    The record is saved in ``store`` and returned. Raises ``ModelContractError`` when the model
-    file cannot be served at all, or the check could not run.
+    The record is saved in ``store`` and returned. Raises ``DeviceModelUnavailable`` for a
+    copy refused before the check, ``ModelContractError`` when the model file cannot be
+    served at all or the check could not run.
     """
     command = [sys.executable, "-m", "classifier.verified_copy", "--model", str(Path(model_path).resolve()),
                "--onnx", str(Path(onnx_path).resolve()), "--store", str(store.directory.resolve())]
@@ -199,9 +200,11 @@ def check_in_subprocess(model_path: str | Path, onnx_path: str | Path, store: Ch
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         raise ModelContractError(f"checking {onnx_path} against {model_path} took over {CHECK_TIMEOUT_S}s") from exc
-    if done.returncode in (EXIT_VERIFIED, EXIT_COPY_REFUSED):
-        return CopyCheck.from_json(json.loads(done.stdout.strip().splitlines()[-1]))
     last_line = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    if done.returncode in (EXIT_VERIFIED, EXIT_COPY_REFUSED) and done.stdout.strip():
+        return CopyCheck.from_json(json.loads(done.stdout.strip().splitlines()[-1]))
+    if done.returncode == EXIT_COPY_REFUSED:
+        raise DeviceModelUnavailable(last_line.removeprefix("refused: "))
     raise ModelContractError(last_line.removeprefix("error: "))
 
 
@@ -218,8 +221,7 @@ def serve_verified_copy(
         raise DeviceModelUnavailable("no ONNX copy is configured (ONNX_MODEL_PATH is empty).")
     # Cheap refusals first, without hashing or a subprocess: no copy, or one made from another model.
     load_device_model(onnx_path, model_path)
-    onnx_bytes = Path(onnx_path).read_bytes()  # hashed and loaded from the same bytes
-    model_sha256, onnx_sha256 = file_sha256(model_path), hashlib.sha256(onnx_bytes).hexdigest()
+    model_sha256, onnx_sha256 = file_sha256(model_path), file_sha256(onnx_path)
     check = store.find(model_sha256, onnx_sha256)
     if check is None:
         log.info("no check on record for %s and %s: checking now, in a subprocess", model_path, onnx_path)
@@ -228,13 +230,34 @@ def serve_verified_copy(
         raise DeviceModelUnavailable(check.reason)
     if (check.model_sha256, check.onnx_sha256) != (model_sha256, onnx_sha256):
         raise DeviceModelUnavailable(f"{model_path} or {onnx_path} changed while it was being checked.")
-    engine = OnnxRuntimeEngine(onnx_bytes, threads)
-    del onnx_bytes
+    engine = OnnxRuntimeEngine(onnx_path, threads)
+    if file_sha256(onnx_path) != onnx_sha256:  # the file ONNX Runtime read is the one checked
+        raise DeviceModelUnavailable(f"{onnx_path} changed while it was being loaded.")
     for _ in range(3):  # the first ONNX Runtime calls are slow
         engine(smoke_batch(1))
     model = LoadedModel(module=None, labels=check.labels, meta=check.meta, path=str(model_path),
                         load_seconds=time.perf_counter() - started)
     return model, engine, check
+
+
+def check_once(model_path: str | Path, onnx_path: str | Path | None, store: CheckStore, reuse: bool = False) -> CopyCheck:
+    """The verdict on ``onnx_path`` as a copy of ``model_path``, recorded in ``store``; with torch.
+
+    The cheap refusals come first, without torch (no copy, or one whose manifest names another
+    model): they raise ``DeviceModelUnavailable``, as they do in a worker. With ``reuse`` a
+    record of these very bytes stands; otherwise the check runs afresh. Raises
+    ``ModelContractError`` when ``model_path`` cannot be served on any engine.
+    """
+    if not onnx_path:
+        raise DeviceModelUnavailable("no ONNX copy is configured (ONNX_MODEL_PATH is empty).")
+    load_device_model(onnx_path, model_path)
+    if reuse:
+        check = store.find(file_sha256(model_path), file_sha256(onnx_path))
+        if check is not None:
+            return check
+    check = check_copy(model_path, onnx_path)
+    store.save(check)
+    return check
 
 
 def main(argv=None) -> int:
@@ -244,17 +267,14 @@ def main(argv=None) -> int:
     parser.add_argument("--store", help="where records go (default: a directory of this user's under the temp dir)")
     parser.add_argument("--reuse", action="store_true", help="do nothing if these bytes were checked already")
     args = parser.parse_args(argv)
-    store = CheckStore(args.store)
-    check = None
-    if args.reuse and Path(args.model).is_file() and Path(args.onnx).is_file():
-        check = store.find(file_sha256(args.model), file_sha256(args.onnx))
-    if check is None:
-        try:
-            check = check_copy(args.model, args.onnx)
-        except ModelContractError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_MODEL_UNFIT
-        store.save(check)
+    try:
+        check = check_once(args.model, args.onnx, CheckStore(args.store), reuse=args.reuse)
+    except DeviceModelUnavailable as refusal:
+        print(f"refused: {refusal.message}", file=sys.stderr)
+        return EXIT_COPY_REFUSED
+    except ModelContractError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_MODEL_UNFIT
     print(json.dumps(check.to_json()))
     return EXIT_VERIFIED if check.verified else EXIT_COPY_REFUSED
 
