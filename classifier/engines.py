@@ -14,11 +14,11 @@ arrays: nothing here imports torch unless the TorchScript engine is built.
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import numpy as np
 
+from . import memory
 from .model import LoadedModel
 
 ENGINES = ("auto", "onnxruntime", "torchscript")
@@ -68,31 +68,15 @@ class OnnxRuntimeEngine:
         options.enable_cpu_mem_arena = False
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        _return_large_blocks_to_the_system()
+        # Only once the session is built: its weights, allocated before, stay where glibc put
+        # them (moved into blocks of their own they ran slower here). Building it also left
+        # freed heap behind (the parsed file, graph rewrites), which goes back now.
+        memory.return_large_blocks_to_the_system()
+        memory.trim_heap()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
         return logits
-
-
-# glibc's malloc: blocks at least this large are mapped from the system and unmapped when
-# freed. By default the limit rises with every large block freed (up to 32 MB), and then a
-# batch's activations stay in the heap for good, idle; held fixed, a worker's memory after
-# a batch returns to what it was before (docs/memory.md has the figures).
-LARGE_BLOCK_BYTES = 4 * 1024 * 1024
-_M_MMAP_THRESHOLD = -3
-
-
-def _return_large_blocks_to_the_system() -> None:
-    # Only once the session is built: its weights, allocated before, stay where glibc put them
-    # (placed in mapped blocks of their own they ran slower here). Building it also left freed
-    # heap behind (the parsed file, graph rewrites): trimmed, that goes back too.
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): their own defaults
-        pass
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

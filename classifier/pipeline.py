@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from . import memory
 from .engines import ENGINES, TorchScriptEngine, softmax
 from .errors import DeviceModelUnavailable, InputError, InvalidParameter, ModelContractError
 from .images import DEFAULT_MAX_PIXELS, INPUT_SIZE, decode_image, resize_for_model, to_batch
@@ -28,9 +29,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
 # A batch request's images go through the model this many at a time: a forward pass's
-# memory grows with its images, and on this model larger passes gain little or nothing per
-# image (bench/RESULTS.md, micro-batching; docs/memory.md has what each costs).
-IMAGES_PER_FORWARD = 4
+# memory grows with its images, and with one thread per worker (the default) larger passes
+# gain nothing per image on this model (docs/memory.md; bench/RESULTS.md, micro-batching).
+IMAGES_PER_FORWARD = 1
 
 # Plain ASCII digits only: int() would also take " 3", "0_1" and non-Latin digits.
 _TOP_K_PATTERN = re.compile(r"[0-9]{1,6}")
@@ -195,6 +196,8 @@ class Classifier:
             probabilities = self.predict(decoded[start : start + IMAGES_PER_FORWARD])
             for row, position in enumerate(positions[start : start + IMAGES_PER_FORWARD]):
                 results[position] = self.encode(probabilities[row], top_k)
+        del decoded
+        memory.trim_heap()  # a batch's uploads and bitmaps would otherwise stay in the heap, idle
         return results
 
 

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from . import memory
 from .device_model import file_sha256, load_device_model
 from .engines import AGREEMENT_TOLERANCE, OnnxRuntimeEngine, softmax
 from .errors import DeviceModelUnavailable, ModelContractError
@@ -235,6 +236,7 @@ def serve_verified_copy(
         raise DeviceModelUnavailable(f"{onnx_path} changed while it was being loaded.")
     for _ in range(3):  # the first ONNX Runtime calls are slow
         engine(smoke_batch(1))
+    memory.trim_heap()  # what hashing, loading and the first calls freed
     model = LoadedModel(module=None, labels=check.labels, meta=check.meta, path=str(model_path),
                         load_seconds=time.perf_counter() - started)
     return model, engine, check

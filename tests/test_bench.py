@@ -29,7 +29,8 @@ def bench_run(tiny_model_path, tmp_path_factory):
     model = shutil.copyfile(tiny_model_path, out / "tiny.zip")
     export_onnx(model, out / "tiny.onnx")
     command = [sys.executable, "-m", "bench.run", "--out", str(out), "--model", str(model),
-               "--requests", "6", "--big-requests", "2", "--concurrency", *map(str, CONCURRENCY)]
+               "--requests", "6", "--big-requests", "2", "--batch-requests", "2", "--concurrency", *map(str, CONCURRENCY),
+               "--baseline", "HEAD"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, json.loads((out / "results.json").read_text())
@@ -37,10 +38,11 @@ def bench_run(tiny_model_path, tmp_path_factory):
 
 def test_every_contender_ran_every_load_without_errors(bench_run):
     _, results = bench_run
-    assert set(results["servers"]) == {"ours", "ours-torchscript", "reference", "litserve"}
+    assert set(results["servers"]) == {"ours", "ours-before", "ours-torchscript", "reference", "litserve"}
     for name, server in results["servers"].items():
         loads = {(run["workload"], run["concurrency"]) for run in server["runs"]}
-        assert loads == {("dataset", c) for c in CONCURRENCY} | {("12mp", 1), ("12mp-detailed", 1)}, name
+        batches = {("batch16", 2)} if name.startswith("ours") else set()  # the others have no batch route
+        assert loads == {("dataset", c) for c in CONCURRENCY} | {("12mp", 1), ("12mp-detailed", 1)} | batches, name
         for run in server["runs"]:
             assert run["errors"] == 0, (name, run)
             assert run["requests"] == (6 if run["workload"] == "dataset" else 2)
@@ -59,9 +61,13 @@ def test_results_md_has_the_targets_every_row_and_the_plot(bench_run):
     text = (out / "RESULTS.md").read_text()
     assert "## Ours against the targets" in text and "machine's limit" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    for title in ("ours (Procfile)", "ours, TorchScript engine", "reference app", "LitServe"):
+    baseline = results["servers"]["ours-before"]["title"]
+    for title in ("ours (Procfile)", baseline, "ours, TorchScript engine", "reference app", "LitServe"):
         assert sum(row.startswith(f"| {title} | dataset |") for row in rows) == len(CONCURRENCY)
         assert any(row.startswith(f"| {title} | 12mp |") for row in rows)
+    assert any(row.startswith("| ours (Procfile) | batch16 | 2 |") for row in rows)
+    for target in ("the whole server ≤ 350 MB RSS", "not below today's", "cold start ≤ 5 s"):
+        assert any(row.startswith(f"| {target}") and "not measured" not in row for row in rows), target
     assert sum(row.startswith("| floor (onnxruntime), ") for row in rows) == 3 * len(results["floor"])
     assert sum(row.startswith("| floor (torchscript), ") for row in rows) == 3 * len(results["floor_torchscript"])
     assert "load average" in text.lower() and results["commit"].split()[0] in text
