@@ -19,6 +19,7 @@ gunicorn.conf.py.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,8 +47,12 @@ def on_reload(server) -> None:
 def run_check(reuse: bool) -> tuple[bool, str]:
     """Run the check in a subprocess: (whether workers can serve, what they will serve or why not)."""
     command = [sys.executable, "-m", "web.serving_check", *(["--reuse"] if reuse else [])]
+    # In the master's directory, as the workers are (MODEL_PATH may be relative), with this
+    # project importable from wherever that is.
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+        done = subprocess.run(command, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True,
+                              timeout=CHECK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return False, f"the check took over {CHECK_TIMEOUT_S}s"
     lines = (done.stdout.strip() or done.stderr.strip()).splitlines()
