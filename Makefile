@@ -11,7 +11,7 @@ PIP = $(VENV)/bin/pip install --retries $(PIP_RETRIES) --disable-pip-version-che
 export CHROMIUM ?= /usr/bin/chromium
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test test-deploy bench install install-dev variants vendor
+.PHONY: run test test-deploy bench data install install-dev variants vendor
 
 run: $(VENV)/.run-installed
 	PORT=$(PORT) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sh -c "$$(sed -n 's/^web: //p' Procfile)"
@@ -28,6 +28,13 @@ test-deploy: $(VENV)/.dev-installed
 # rewrites bench/RESULTS.md, bench/results.json and bench/results.png.
 bench: $(VENV)/.dev-installed
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
+# The full data set, for training and `make bench` only (the tests use tests/fixtures/):
+# `make data ARCHIVE=~/Downloads/UCMerced_LandUse.zip` puts its images in data/ucmerced/,
+# where the notebook and the benchmark look (training/data_set.py). Standard library only.
+data:
+	@test -n "$(ARCHIVE)" || { echo "Download UCMerced_LandUse.zip (README, Data set), then: make data ARCHIVE=path/to/UCMerced_LandUse.zip"; exit 2; }
+	$(PYTHON) -m training.data_set "$(ARCHIVE)"
 
 install: $(VENV)/.run-installed
 install-dev: $(VENV)/.dev-installed

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from classifier.model import read_meta
+from training.data_set import DataSetNotFound, find_data_set
 
 from . import report, servers
 from .load import run_locust
@@ -123,6 +124,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench", help="where RESULTS.md and results.* go")
     parser.add_argument("--model", type=Path, default=ROOT / "model.zip")
+    parser.add_argument("--data", help="a folder of <class>/<image> or UCMerced_LandUse.zip; "
+                        "default: training/data_set.py's (the README's Data set section)")
     parser.add_argument("--requests", type=int, default=200, help="data-set requests per concurrency")
     parser.add_argument("--big-requests", type=int, default=30, help="requests per 12 MP JPEG")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
@@ -133,6 +136,10 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", metavar="REVISION",
                         help="also run our service as it was at this git revision (contender ours-before)")
     args = parser.parse_args(argv)
+    try:
+        data_set = find_data_set(args.data)
+    except DataSetNotFound as error:
+        parser.exit(2, f"bench: {error}\n")
     model = args.model.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -152,7 +159,7 @@ def main(argv=None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         work = Path(scratch)
-        workloads = build_workloads(work / "images")
+        workloads = build_workloads(work / "images", data_set)
         results["workloads"] = {name: w.title for name, w in workloads.items()}
         results["workloads"][BATCH_WORKLOAD] = f"POST /predict/batch of {BATCH_FILES} data-set JPEGs (ours only)"
         lists = {name: w.write_list(work) for name, w in workloads.items()}

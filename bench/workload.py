@@ -8,14 +8,13 @@ end of phone photos: a JPEG decoder must read every byte whatever the scale it d
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("SHARED_DATA_DIR", ROOT.parent / "shared" / "data"))
+from training.data_set import image_files
+
 PHONE_SIZE = (4000, 3000)
 
 
@@ -33,12 +32,10 @@ class Workload:
         return path
 
 
-def dataset_jpegs(per_class: int = 4, data_dir: Path = DATA_DIR) -> list[Path]:
-    """The first ``per_class`` JPEGs of every UC Merced class, interleaved class by class."""
-    classes = sorted(p for p in (data_dir / "ucmerced").iterdir() if p.is_dir())
-    if not classes:
-        raise SystemExit(f"No data set at {data_dir / 'ucmerced'}; set SHARED_DATA_DIR.")
-    columns = [sorted(c.glob("*.jpg"))[:per_class] for c in classes]
+def dataset_jpegs(data_set: Path, per_class: int = 4) -> list[Path]:
+    """The first ``per_class`` images of every class of ``data_set``, interleaved class by class."""
+    classes = sorted(p for p in data_set.iterdir() if p.is_dir())
+    columns = [image_files(c)[:per_class] for c in classes]
     return [column[i] for i in range(per_class) for column in columns if i < len(column)]
 
 
@@ -62,15 +59,15 @@ def detailed_phone_jpeg(sources: list[Path], target: Path) -> Path:
     return target
 
 
-def build_workloads(directory: Path, data_dir: Path = DATA_DIR) -> dict[str, Workload]:
+def build_workloads(directory: Path, data_set: Path) -> dict[str, Workload]:
     """The data-set set and the two 12 MP files, written under ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    jpegs = dataset_jpegs(data_dir=data_dir)
+    jpegs = dataset_jpegs(data_set)
     upscaled = upscaled_phone_jpeg(jpegs[0], directory / "phone-12mp-upscaled.jpg")
     detailed = detailed_phone_jpeg(jpegs, directory / "phone-12mp-detailed.jpg")
     size_mb = lambda path: path.stat().st_size / 1e6  # noqa: E731
     return {
-        "dataset": Workload("dataset", f"data-set JPEGs (256×256, {len(jpegs)} files)", tuple(jpegs)),
+        "dataset": Workload("dataset", f"data-set images (256×256, {len(jpegs)} files)", tuple(jpegs)),
         "12mp": Workload("12mp", f"12 MP JPEG, upscaled ({size_mb(upscaled):.1f} MB)", (upscaled,)),
         "12mp-detailed": Workload(
             "12mp-detailed", f"12 MP JPEG, detailed ({size_mb(detailed):.1f} MB)", (detailed,)

@@ -23,12 +23,13 @@ CONCURRENCY = (1, 2)
 
 
 @pytest.fixture(scope="module")
-def bench_run(tiny_model_path, tmp_path_factory):
+def bench_run(tiny_model_path, tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("bench")
     # The model with its ONNX copy beside it, as model.zip has model.onnx.
     model = shutil.copyfile(tiny_model_path, out / "tiny.zip")
     export_onnx(model, out / "tiny.onnx")
     command = [sys.executable, "-m", "bench.run", "--out", str(out), "--model", str(model),
+               "--data", str(data_dir / "ucmerced"),
                "--requests", "6", "--big-requests", "2", "--batch-requests", "2", "--concurrency", *map(str, CONCURRENCY),
                "--baseline", "HEAD"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -54,7 +54,7 @@ def data_set_samples() -> dict[str, bytes]:
     return samples
 
 
-SAMPLES = data_set_samples() if (DATA_DIR / "ucmerced").is_dir() else {}
+SAMPLES = data_set_samples()
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
-
 import pytest
 import torch
 
@@ -46,17 +44,6 @@ def test_split_refuses_a_class_too_small_to_split(tmp_path):
     root = make_image_folder(tmp_path / "data", per_class=1)
     with pytest.raises(ValueError, match="a split needs 2"):
         stratified_split(root)
-
-
-def test_public_archive_zip_is_found_through_its_wrapper_folders(tmp_path):
-    source = make_image_folder(tmp_path / "UCMerced_LandUse" / "Images", fmt="TIFF", suffix=".tif")
-    archive = tmp_path / "UCMerced_LandUse.zip"
-    with zipfile.ZipFile(archive, "w") as out:
-        for path in sorted(source.rglob("*.tif")):
-            out.write(path, path.relative_to(tmp_path))
-    root = resolve_data_dir(archive, extract_to=tmp_path / "extracted")
-    assert root.name == "Images"
-    assert stratified_split(root).classes == ("alpha", "beta", "gamma")
 
 
 def test_missing_data_dir_says_what_to_give(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -14,7 +13,8 @@ import torch.nn.functional as F
 
 from classifier.images import load_image_file, resize_for_model
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
+# Where the data set is lives in data_set.py (no torch); its names are part of this API too.
+from .data_set import find_data_set, image_files, resolve_data_dir  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -34,37 +34,6 @@ class Split:
         )
 
 
-def resolve_data_dir(path: str | Path, extract_to: str | Path = "runs/data") -> Path:
-    """The folder of ``<class>/<image>`` to train on, from a folder or the UC Merced zip.
-
-    The public archive ``UCMerced_LandUse.zip`` holds ``UCMerced_LandUse/Images/<class>/``;
-    it is extracted once and the folder whose children are the classes is returned.
-    """
-    path = Path(path)
-    if path.is_file() and zipfile.is_zipfile(path):
-        target = Path(extract_to) / path.stem
-        if not target.is_dir():
-            with zipfile.ZipFile(path) as archive:
-                archive.extractall(target)
-        path = target
-    if not path.is_dir():
-        raise FileNotFoundError(f"No data set at {path}: give a folder of <class>/<image> or a zip.")
-    return _find_class_root(path)
-
-
-def _find_class_root(path: Path) -> Path:
-    """Walk down single-folder wrappers (archive/Images/...) to the folder of class folders."""
-    for candidate in [path, *sorted(p for p in path.rglob("*") if p.is_dir())]:
-        subfolders = [p for p in candidate.iterdir() if p.is_dir()]
-        if len(subfolders) >= 2 and all(_image_files(folder) for folder in subfolders):
-            return candidate
-    raise FileNotFoundError(f"{path} holds no folders of images (<class>/<image>).")
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def stratified_split(
     data_dir: str | Path,
     val_fraction: float = 0.2,
@@ -73,11 +42,11 @@ def stratified_split(
 ) -> Split:
     """Split every class the same way: shuffle with ``seed``, hold out ``val_fraction``."""
     root = Path(data_dir)
-    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and _image_files(p)))
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and image_files(p)))
     rng = random.Random(seed)
     train, val = [], []
     for index, name in enumerate(classes):
-        files = _image_files(root / name)
+        files = image_files(root / name)
         rng.shuffle(files)
         if images_per_class:
             files = files[:images_per_class]

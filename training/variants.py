@@ -29,6 +29,7 @@ from classifier.device_model import file_sha256
 from classifier.model import read_meta
 
 from .data import load_images, stratified_split
+from .data_set import DataSetNotFound, find_data_set
 from .latency import interleaved_latencies, load_average, machine_description, median_ms
 from .onnx_variants import export_onnx, quantize_onnx_int8
 from .runtimes import OnnxRuntime, TorchScriptRuntime, probabilities
@@ -356,7 +357,8 @@ def write_markdown(report: Report, path: str | Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="model.zip", help="the model file to make variants of")
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ucmerced"))
+    parser.add_argument("--data", help="a folder of <class>/<image> or UCMerced_LandUse.zip; "
+                        "default: training/data_set.py's (the README's Data set section)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="as in the notebook")
     parser.add_argument("--seed", type=int, default=0, help="as in the notebook")
     parser.add_argument("--calibration-per-class", type=int, default=16)
@@ -364,8 +366,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--report", default="docs/model-variants.md")
     args = parser.parse_args(argv)
+    try:
+        data_set = find_data_set(args.data)
+    except DataSetNotFound as error:
+        parser.exit(2, f"variants: {error}\n")
 
-    split = stratified_split(args.data, val_fraction=args.val_fraction, seed=args.seed)
+    split = stratified_split(data_set, val_fraction=args.val_fraction, seed=args.seed)
     chosen = calibration_indices(split.train_targets, args.calibration_per_class)
     calibration = load_images([split.train_files[i] for i in chosen])
     report = make_report(
@@ -374,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.tensor(split.val_targets),
         calibration,
         VariantPaths.beside(args.model),
-        data=f"{Path(args.data).name} validation split: {split.summary()} (val_fraction {args.val_fraction}, seed {args.seed})",
+        data=f"{data_set.name} validation split: {split.summary()} (val_fraction {args.val_fraction}, seed {args.seed})",
         threads=args.threads,
         rounds=args.rounds,
     )
