@@ -159,8 +159,8 @@ def check_copy(model_path: str | Path, onnx_path: str | Path) -> CopyCheck:
         if list(manifest["labels"]) != list(model.labels):
             raise DeviceModelUnavailable(f"{onnx_path}'s manifest lists other labels than {model_path.name}.")
         difference = _smoke_difference(model, onnx_path)
-        if file_sha256(onnx_path) != onnx_sha256:
-            raise DeviceModelUnavailable(f"{onnx_path} changed while it was being checked.")
+        if (file_sha256(model_path), file_sha256(onnx_path)) != (model_sha256, onnx_sha256):
+            raise DeviceModelUnavailable(f"{model_path} or {onnx_path} changed while it was being checked.")
     except DeviceModelUnavailable as refusal:
         return CopyCheck(REFUSED, refusal.message, seconds=time.perf_counter() - started, **outcome)
     return CopyCheck(
