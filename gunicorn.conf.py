@@ -1,7 +1,8 @@
 """gunicorn settings; every one can be overridden from the environment or the command line.
 
 The model is loaded in each worker after it forks (no preload_app): torch's thread pools
-do not survive fork, and a preloaded torch can hang the workers.
+do not survive fork, and a preloaded torch can hang the workers. The master itself only has
+the ONNX copy checked against the model, in a subprocess, before it forks (on_starting).
 """
 
 import os

@@ -284,6 +284,7 @@ def _components(app: Flask, labels: tuple[str, ...]) -> dict:
                         "enum": ["onnxruntime", "torchscript"],
                         "description": "What runs the model: ONNX Runtime on the verified ONNX copy, or the TorchScript file.",
                     },
+                    "engine_reason": {"type": "string", "description": "Why this engine serves (as in GET /health)."},
                     "version": {"type": "string"},
                     "labels": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                     "num_classes": {"type": "integer", "minimum": 1},
