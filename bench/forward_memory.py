@@ -5,9 +5,9 @@
 1. Images per forward pass for a 16-image batch (``Classifier.predict`` on as many images at
    a time): the peak RSS over the worker's idle RSS (VmHWM, read from /proc) and the time per
    image. Each size runs in a fresh process, as a worker, on ONNX Runtime with one thread.
-2. glibc's mmap threshold (``classifier.memory``) fixed before the ONNX Runtime session is
-   built, after it (what the service does), or left to glibc: forward time at batch 1 and
-   RSS after a 16-image batch.
+2. glibc's mmap threshold (``classifier.memory``) left to glibc, or fixed at 4 or 16 MB
+   before or after the ONNX Runtime session is built (the service: 16 MB, after): CPU time
+   and page faults per request (decode, resize, forward, top-k), and the RSS they leave.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from classifier.pipeline import Classifier
 images_per_pass, files = int(sys.argv[1]), sys.argv[2:]
 def status(key):
     return next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith(key))
-classifier = Classifier.setup("model.zip", threads=1, engine="onnxruntime", onnx_path="model.onnx")
+classifier = Classifier.setup("model.zip", threads=1, engine="onnxruntime", check_store=None, onnx_path="model.onnx")
 images = [resize_for_model(decode_image(Path(f).read_bytes())) for f in files]
 classifier.predict(images[:1])
 idle = status("VmRSS")
@@ -41,33 +41,32 @@ print(json.dumps({"peak_over_idle_mb": status("VmHWM") - idle,
 """
 
 THRESHOLD = """
-import ctypes, json, sys, time
-import numpy as np
-import onnxruntime
-when = sys.argv[1]
+import json, resource, sys, time
+from pathlib import Path
+from classifier import memory
+from classifier.pipeline import Classifier
+when, limit, files = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 def rss():
     return next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith("VmRSS"))
-libc = ctypes.CDLL("libc.so.6")
+memory.LARGE_BLOCK_BYTES = limit
+fix = memory.return_large_blocks_to_the_system
+memory.return_large_blocks_to_the_system = lambda: None  # the engine calls it; here the variant decides when
 if when == "before":
-    libc.mallopt(-3, 4 * 1024 * 1024)
-options = onnxruntime.SessionOptions()
-options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-options.enable_cpu_mem_arena = False
-session = onnxruntime.InferenceSession("model.onnx", options, providers=["CPUExecutionProvider"])
+    fix()
+classifier = Classifier.setup("model.zip", threads=1, engine="onnxruntime", check_store=None, onnx_path="model.onnx")
 if when == "after":
-    libc.mallopt(-3, 4 * 1024 * 1024)
-one = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+    fix()
+uploads = [Path(f).read_bytes() for f in files]
+for data in uploads:
+    classifier.classify(data)
+idle, before, started = rss(), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
 for _ in range(10):
-    session.run(None, {"pixels": one})
-runs = []
-for _ in range(5):
-    started = time.perf_counter()
-    for _ in range(40):
-        session.run(None, {"pixels": one})
-    runs.append((time.perf_counter() - started) * 1000 / 40)
-idle = rss()
-session.run(None, {"pixels": np.random.default_rng(0).random((16, 3, 224, 224), dtype=np.float32)})
-print(json.dumps({"ms_batch_1": sorted(runs)[2], "held_after_batch_16_mb": rss() - idle}))
+    for data in uploads:
+        classifier.classify(data)
+after = resource.getrusage(resource.RUSAGE_SELF)
+count = 10 * len(uploads)
+print(json.dumps({"cpu_ms": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000 / count,
+                  "faults": (after.ru_minflt - before.ru_minflt) / count, "held_mb": rss() - idle}))
 """
 
 
@@ -90,11 +89,15 @@ def main(argv=None) -> int:
         result = run(PER_FORWARD, str(size), *files)
         print(f"| {size} | +{result['peak_over_idle_mb']:.0f} MB | {result['ms_per_image']:.1f} |")
     print()
-    print("| mmap threshold fixed | forward, batch 1 | RSS held after a 16-image batch |")
-    print("| --- | ---: | ---: |")
-    for when in ("never (glibc's default)", "before the session is built", "after (the service)"):
-        result = run(THRESHOLD, when.split()[0])
-        print(f"| {when} | {result['ms_batch_1']:.1f} ms | +{result['held_after_batch_16_mb']:.0f} MB |")
+    print("| glibc's mmap threshold | fixed | CPU per request | page faults per request | RSS grown over 160 requests |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    variants = [("glibc's default (dynamic)", "never", 0), ("4 MB", "before", 4 << 20), ("4 MB", "after", 4 << 20),
+                ("16 MB", "before", 16 << 20), ("16 MB (the service)", "after", 16 << 20)]
+    for limit_text, when, limit in variants:
+        result = run(THRESHOLD, when, str(limit), *files)
+        fixed = {"never": "–", "before": "before the session is built", "after": "after it"}[when]
+        print(f"| {limit_text} | {fixed} | {result['cpu_ms']:.1f} ms | {result['faults']:.0f} | "
+              f"+{result['held_mb']:.0f} MB |")
     return 0
 
 

@@ -68,9 +68,8 @@ class OnnxRuntimeEngine:
         options.enable_cpu_mem_arena = False
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        # Only once the session is built: its weights, allocated before, stay where glibc put
-        # them (moved into blocks of their own they ran slower here). Building it also left
-        # freed heap behind (the parsed file, graph rewrites), which goes back now.
+        # A batch's buffers go back to the system once freed; building the session left freed
+        # heap behind (the parsed file, graph rewrites), which goes back now.
         memory.return_large_blocks_to_the_system()
         memory.trim_heap()
 

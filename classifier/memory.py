@@ -11,10 +11,17 @@ from __future__ import annotations
 import ctypes
 
 # Blocks at least this large are mapped from the system and unmapped when freed. By default
-# glibc raises this limit with every large block freed (up to 32 MB), and then a batch's
-# buffers stay in the heap for good, idle.
-LARGE_BLOCK_BYTES = 4 * 1024 * 1024
-_M_MMAP_THRESHOLD = -3
+# glibc raises this limit with every large block freed (up to 32 MB), and then a large
+# image's bitmap or a large batch's buffers stay in the heap for good, idle. Held fixed, it
+# must stay above what one request's forward pass allocates at once (ONNX Runtime plans all
+# of a pass's buffers as one block): mapped and unmapped on every request, that block's
+# pages would be zeroed again each time, a CPU cost docs/memory.md measured.
+LARGE_BLOCK_BYTES = 16 * 1024 * 1024
+# The heap's free end is given back by free() only beyond this (fixing the limit above also
+# stops glibc from adjusting this one): the blocks every request reuses stay; trim_heap()
+# gives back the rest after a batch.
+KEPT_FREE_HEAP_BYTES = 32 * 1024 * 1024
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 def _libc():
@@ -32,6 +39,7 @@ def return_large_blocks_to_the_system() -> None:
     """From now on, large blocks go back to the system as soon as they are freed."""
     if _LIBC is not None:
         _LIBC.mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, KEPT_FREE_HEAP_BYTES)
 
 
 def trim_heap() -> None:
