@@ -7,7 +7,7 @@ the ONNX copy checked against the model, in a subprocess, before it forks (on_st
 
 import os
 
-from web import multiprocess_metrics, serving_check
+from web import multiprocess_metrics, request_memory, serving_check
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -71,3 +71,5 @@ def on_starting(server):
 
 
 on_reload = serving_check.on_reload
+# After a phone photo or a batch, the worker's freed heap goes back to the system.
+post_request = request_memory.post_request

@@ -18,7 +18,6 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from . import memory
 from .engines import ENGINES, TorchScriptEngine, softmax
 from .errors import DeviceModelUnavailable, InputError, InvalidParameter, ModelContractError
 from .images import DEFAULT_MAX_PIXELS, INPUT_SIZE, decode_image, resize_for_model, to_batch
@@ -196,8 +195,6 @@ class Classifier:
             probabilities = self.predict(decoded[start : start + IMAGES_PER_FORWARD])
             for row, position in enumerate(positions[start : start + IMAGES_PER_FORWARD]):
                 results[position] = self.encode(probabilities[row], top_k)
-        del decoded
-        memory.trim_heap()  # a batch's uploads and bitmaps would otherwise stay in the heap, idle
         return results
 
 
