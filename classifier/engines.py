@@ -2,7 +2,7 @@
 
 ``model.zip`` is the contract and the source of truth. On this project's CPUs ONNX Runtime
 runs the same network about three times faster than TorchScript (docs/model-variants.md),
-with the same answers, and a worker that needs no torch holds a third of the memory
+with the same answers, and a worker that needs no torch holds far less memory
 (docs/memory.md). So where a verified ONNX copy of the served model sits beside it
 (``model.onnx``, made by ``python -m training.variants`` and named by its manifest), the
 service runs that copy instead; ``classifier/verified_copy.py`` says what "verified" means

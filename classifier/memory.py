@@ -43,6 +43,6 @@ def return_large_blocks_to_the_system() -> None:
 
 
 def trim_heap() -> None:
-    """Return the free memory at the heap's end and in its free pages (a millisecond or two)."""
+    """Return the free memory at the heap's end and in its free pages."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)

@@ -1,10 +1,10 @@
 """gunicorn hook: after a large request, give the memory it used back to the system.
 
-A 12-megapixel upload or a 16-image batch leaves tens of MB of freed heap in the worker,
-which glibc keeps for reuse; across two workers that is the difference between fitting a
-512 MB dyno and not (docs/memory.md). Trimming costs a few milliseconds (the next request
-faults its buffers back in), so it runs only after requests that make it worth it, once the
-response has been sent and the request's buffers are garbage. Standard library only: the
+A phone photo or a 16-image batch leaves freed heap in the worker, which glibc keeps for
+reuse; summed over the workers, that decides which dyno the server fits (docs/memory.md has
+the figures). Trimming makes the next request fault its buffers back in, so it runs only
+after requests that leave enough behind, once the response has been sent and the request's
+buffers are garbage. Standard library only: the
 master imports this module with gunicorn.conf.py.
 """
 
