@@ -9,24 +9,26 @@ PIP = $(VENV)/bin/pip install --retries $(PIP_RETRIES) --disable-pip-version-che
 # The browser tests drive Debian's Chromium: Playwright's own browser download needs the
 # internet. Set CHROMIUM to use another Chromium binary.
 export CHROMIUM ?= /usr/bin/chromium
+# The front (bin/start-nginx, docs/front.md) runs Debian's nginx. Set NGINX to use another.
+export NGINX ?= /usr/sbin/nginx
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: run test test-deploy bench data install install-dev variants vendor
 
-run: $(VENV)/.run-installed
+run: $(VENV)/.run-installed $(NGINX)
 	PORT=$(PORT) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sh -c "$$(sed -n 's/^web: //p' Procfile)"
 
-test: $(VENV)/.dev-installed $(CHROMIUM)
+test: $(VENV)/.dev-installed $(CHROMIUM) $(NGINX)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The git-push deploy test builds a whole release from scratch (several minutes), so it has
 # its own command; CI runs both.
-test-deploy: $(VENV)/.dev-installed
+test-deploy: $(VENV)/.dev-installed $(NGINX)
 	$(VENV)/bin/python -m pytest -m deploy $(PYTEST_ARGS)
 
 # The benchmark (bench/README.md): every contender side by side, about 4 minutes here; it
 # rewrites bench/RESULTS.md, bench/results.json and bench/results.png.
-bench: $(VENV)/.dev-installed
+bench: $(VENV)/.dev-installed $(NGINX)
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
 
 # The full data set, for training and `make bench` only (the tests use tests/fixtures/):
@@ -46,7 +48,7 @@ $(VENV)/.run-installed: requirements.txt | $(VENV)/bin/python
 	$(PIP) -r requirements.txt
 	touch $@
 
-$(VENV)/.dev-installed: requirements.txt requirements-train.txt requirements-dev.txt bench/requirements.txt | $(VENV)/bin/python
+$(VENV)/.dev-installed: requirements.txt requirements-train.txt requirements-dev.txt requirements-ray.txt bench/requirements.txt | $(VENV)/bin/python
 	$(PIP) -r requirements-dev.txt
 	touch $@ $(VENV)/.run-installed
 
@@ -54,6 +56,11 @@ $(CHROMIUM):
 	@command -v apt-get >/dev/null || { echo "The browser tests need Chromium at $(CHROMIUM): install it, or set CHROMIUM=/path/to/chromium."; exit 1; }
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-dejavu-core
+
+$(NGINX):
+	@command -v apt-get >/dev/null || { echo "The server runs behind nginx at $(NGINX): install it, or set NGINX=/path/to/nginx."; exit 1; }
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y nginx
 
 # The model's other forms (ONNX for the browser, int8) and docs/model-variants.md, from model.zip.
 variants: $(VENV)/.dev-installed

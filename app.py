@@ -17,6 +17,7 @@ from classifier.pipeline import Classifier
 from web import access_log, metrics
 from web.api import EXTENSION_KEY, api
 from web.cli import register_commands
+from web.client_address import ClientAddressFromFront
 from web.device import device
 from web.errors import register_error_handlers
 from web.pages import pages
@@ -27,6 +28,7 @@ from web.uploads import InMemoryUploadRequest
 def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.request_class = InMemoryUploadRequest
+    app.wsgi_app = ClientAddressFromFront(app.wsgi_app)
     app.config.from_mapping(settings_from_env())
     if config:
         app.config.from_mapping(config)

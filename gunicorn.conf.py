@@ -7,14 +7,19 @@ the ONNX copy checked against the model, in a subprocess, before it forks (on_st
 
 import os
 
+from front import ready
 from web import multiprocess_metrics, request_memory, serving_check
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+# Behind the front (bin/start-nginx, the Procfile), on the unix socket it names: nginx
+# alone listens on $PORT. Started on its own (the benchmark's direct contender), on $PORT.
+bind = f"unix:{os.environ['APP_SOCKET']}" if os.environ.get("APP_SOCKET") else f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Tell the app how many workers share the cores, so it sizes torch's thread pool to fit.
 raw_env = [f"WEB_CONCURRENCY={workers}"]
-# The sync worker, with a deadline for each client to send its request (web/worker.py).
-worker_class = "web.worker.DeadlineSyncWorker"
+# The sync worker: one request at a time, which is all a CPU-bound model needs. nginx in front
+# reads each request whole and takes each answer at once, so a slow client never holds one
+# (docs/front.md).
+worker_class = "sync"
 preload_app = False
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 30
@@ -73,3 +78,5 @@ def on_starting(server):
 on_reload = serving_check.on_reload
 # After a phone photo or a batch, the worker's freed heap goes back to the system.
 post_request = request_memory.post_request
+# Tell the front when every worker has warmed up the model, so that nginx opens $PORT then.
+post_worker_init = ready.post_worker_init

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-CONTENDER_ORDER = ("ours", "ours-before", "ours-torchscript", "reference", "litserve")
+CONTENDER_ORDER = ("ours", "ours-direct", "ours-before", "ours-torchscript", "reference", "litserve")
 WHY_MISSED = "bench/README.md#targets-what-was-tried"
 
 
@@ -159,11 +159,34 @@ def render(results: dict, plot_name: str = "results.png") -> str:
             "LitServe and the reference app run the TorchScript file. On the same engine as theirs "
             f"(*ours, TorchScript engine*), our worst throughput ratio against LitServe is **{same_engine:.2f}×**."
         )]
+    lines += _front_lines(results)
     if any(t.verdict(t.measure(results)) == "**missed**" for t in TARGETS):
         lines += ["", f"Missed targets are explained, with what was tried, in [{WHY_MISSED}](README.md#targets-what-was-tried)."]
     lines += ["", f"![throughput and latency by concurrency]({plot_name})", ""]
     lines += _runs_table(results) + [""] + _servers_table(results) + [""]
     return "\n".join(lines)
+
+
+def _front_lines(results: dict) -> list[str]:
+    """What nginx in front costs or gains: ours (behind nginx) over ours-direct (gunicorn alone)."""
+    front, direct = results["servers"].get("ours"), results["servers"].get("ours-direct")
+    if not front or not direct:
+        return []
+    ratios = []
+    for concurrency in results["settings"]["concurrency"]:
+        ratio = _ratio(_field(run_of(results, "ours", concurrency=concurrency), "throughput_rps"),
+                       _field(run_of(results, "ours-direct", concurrency=concurrency), "throughput_rps"))
+        p50 = _ratio(_field(run_of(results, "ours", concurrency=concurrency), "p50_ms"),
+                     _field(run_of(results, "ours-direct", concurrency=concurrency), "p50_ms"))
+        if ratio is not None and p50 is not None:
+            ratios.append(f"{ratio:.2f}× the req/s and {p50:.2f}× the p50 at {concurrency}")
+    extra_mb = front["peak_rss_mb"] - direct["peak_rss_mb"]
+    return ["", (
+        "**The front** (nginx in front of gunicorn, docs/front.md), over the same gunicorn serving "
+        f"clients itself (*{direct['title']}*): {'; '.join(ratios)} concurrent clients; "
+        f"{_fmt(extra_mb)} MB more peak RSS for the whole process tree ({front['processes']} processes "
+        f"against {direct['processes']})."
+    )]
 
 
 def _runs_table(results: dict) -> list[str]:
@@ -276,7 +299,8 @@ def plot(results: dict, path: Path) -> None:
 
     concurrency = results["settings"]["concurrency"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"ours": ("tab:green", "o"), "ours-before": ("tab:gray", "v"), "ours-torchscript": ("tab:olive", "D"),
+    styles = {"ours": ("tab:green", "o"), "ours-direct": ("tab:cyan", "v"), "ours-before": ("tab:gray", "P"),
+              "ours-torchscript": ("tab:olive", "D"),
               "reference": ("tab:red", "s"), "litserve": ("tab:blue", "^")}
     for name in CONTENDER_ORDER:
         server = results["servers"].get(name)

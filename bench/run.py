@@ -31,7 +31,7 @@ from .load import run_locust
 from .workload import build_workloads
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTENDERS = {"ours": servers.ours, "ours-torchscript": servers.ours_torchscript,
+CONTENDERS = {"ours": servers.ours, "ours-direct": servers.ours_direct, "ours-torchscript": servers.ours_torchscript,
               "reference": servers.reference, "litserve": servers.litserve}
 WARMUP_REQUESTS = 10
 # POST /predict/batch, ours only (the others have no such route): MAX_BATCH_FILES' default,

@@ -1,4 +1,4 @@
-"""The three HTTP contenders: how each is started, when it is ready, what memory it holds.
+"""The HTTP contenders: how each is started, when it is ready, what memory it holds.
 
 Each runs alone on a free loopback port, in its own process group so that stopping it
 stops every process it started (gunicorn workers, LitServe's API and inference processes).
@@ -30,7 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # Settings of ours that the caller's shell might hold; the benchmark serves the defaults.
 _OUR_SETTINGS = ("WEB_CONCURRENCY", "TORCH_THREADS", "GUNICORN_TIMEOUT", "MAX_REQUESTS", "MODEL_PATH",
-                 "INFERENCE_ENGINE", "ONNX_MODEL_PATH", "VERIFIED_COPIES_DIR")
+                 "INFERENCE_ENGINE", "ONNX_MODEL_PATH", "VERIFIED_COPIES_DIR", "RATE_LIMIT", "RATE_LIMIT_BURST",
+                 "CONNECTION_LIMIT", "CLIENT_TIMEOUT", "TRUSTED_PROXIES", "NGINX_WORKERS", "LISTEN_ADDRESS")
+# All the load comes from one address, so the front's per-client limits would measure
+# themselves: off here (docs/front.md says what they cost a client under them: nothing).
+NO_CLIENT_LIMITS = {"RATE_LIMIT": "0", "CONNECTION_LIMIT": "0"}
 
 
 @dataclass
@@ -67,17 +71,31 @@ def clean_env(**extra) -> dict:
 
 
 def ours(port: int, model: Path) -> Contender:
-    """Our service exactly as the platform starts it: the Procfile's web command, defaults."""
-    command = procfile_command().replace("0.0.0.0:$PORT", f"127.0.0.1:{port}")
+    """Our service exactly as the platform starts it: the Procfile's web command (nginx in front)."""
     return Contender(
         name="ours",
-        title="ours (Procfile)",
-        command=["sh", "-c", f"exec {command}"],
+        title="ours (Procfile, behind nginx)",
+        command=["sh", "-c", f"exec {procfile_command()}"],
         cwd=ROOT,
         # The ONNX copy beside the model, where `make variants` puts it (model.onnx for model.zip).
+        env=clean_env(PORT=str(port), LISTEN_ADDRESS="127.0.0.1", MODEL_PATH=str(model),
+                      ONNX_MODEL_PATH=str(model.with_suffix(".onnx")), **NO_CLIENT_LIMITS),
+        readiness="health",
+        config="the Procfile's `web` command: nginx on PORT, gunicorn.conf.py defaults behind it (engine: auto); "
+               "per-client limits off",
+    )
+
+
+def ours_direct(port: int, model: Path) -> Contender:
+    """Before the front: the same gunicorn, serving clients on its own port with no nginx."""
+    return Contender(
+        name="ours-direct",
+        title="ours, gunicorn direct (no nginx)",
+        command=[str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "app:app"],
+        cwd=ROOT,
         env=clean_env(PORT=str(port), MODEL_PATH=str(model), ONNX_MODEL_PATH=str(model.with_suffix(".onnx"))),
         readiness="health",
-        config="the Procfile's `web` command with gunicorn.conf.py defaults (engine: auto)",
+        config="`gunicorn --config gunicorn.conf.py` on PORT, no nginx (as the Procfile was before the front)",
     )
 
 

@@ -15,7 +15,7 @@ starts the Procfile's ``web`` process with ``PORT`` set, waits for the health ch
 fails to build or boot is discarded and the previous one keeps serving.
 
 Standard library only: this is the platform, not the app, and it runs on any python3.
-The web process binds loopback only, as a test machine must.
+The web process serves loopback only (``LISTEN_ADDRESS=127.0.0.1``), as a test machine must.
 """
 
 from __future__ import annotations
@@ -373,20 +373,10 @@ def app_json_defaults(manifest: dict) -> dict:
     return defaults
 
 
-def loopback_command(command: str) -> str:
-    # A platform binds every interface; on one machine, and in tests, we serve loopback only.
-    if "0.0.0.0" not in command:
-        raise DeployError(
-            "the web command does not bind 0.0.0.0:$PORT, so this platform cannot keep it on "
-            f"loopback: {command!r}"
-        )
-    return command.replace("0.0.0.0", "127.0.0.1")
-
-
 def start_web(platform: Platform, release_dir: Path, record: dict) -> None:
     """Start the Procfile's web process with PORT set and wait for its health check."""
     manifest = app_json(release_dir)
-    command = loopback_command(web_command(release_dir))
+    command = web_command(release_dir)
     port = free_port()
     env = {
         "PATH": f"{release_dir / '.venv' / 'bin'}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
@@ -396,6 +386,9 @@ def start_web(platform: Platform, release_dir: Path, record: dict) -> None:
         **app_json_defaults(manifest),
         **{k: v for k, v in platform.config_vars().items() if k != "SLUG_LIMIT_MB"},
         "PORT": str(port),
+        # A platform serves every interface; on one machine, and in tests, loopback only.
+        # The app's front (bin/start-nginx) listens where LISTEN_ADDRESS says.
+        "LISTEN_ADDRESS": "127.0.0.1",
     }
     log_path = platform.logs / f"{record['release']}-web.log"
     say(f"Starting web: {command} (PORT={port})", step=True)

@@ -39,7 +39,7 @@ def bench_run(tiny_model_path, tmp_path_factory, data_dir):
 
 def test_every_contender_ran_every_load_without_errors(bench_run):
     _, results = bench_run
-    assert set(results["servers"]) == {"ours", "ours-before", "ours-torchscript", "reference", "litserve"}
+    assert set(results["servers"]) == {"ours", "ours-direct", "ours-before", "ours-torchscript", "reference", "litserve"}
     for name, server in results["servers"].items():
         loads = {(run["workload"], run["concurrency"]) for run in server["runs"]}
         batches = {("batch16", 2)} if name.startswith("ours") else set()  # the others have no batch route
@@ -63,15 +63,17 @@ def test_results_md_has_the_targets_every_row_and_the_plot(bench_run):
     assert "## Ours against the targets" in text and "machine's limit" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     baseline = results["servers"]["ours-before"]["title"]
-    for title in ("ours (Procfile)", baseline, "ours, TorchScript engine", "reference app", "LitServe"):
+    for title in ("ours (Procfile, behind nginx)", "ours, gunicorn direct (no nginx)", baseline,
+                  "ours, TorchScript engine", "reference app", "LitServe"):
         assert sum(row.startswith(f"| {title} | dataset |") for row in rows) == len(CONCURRENCY)
         assert any(row.startswith(f"| {title} | 12mp |") for row in rows)
-    assert any(row.startswith("| ours (Procfile) | batch16 | 2 |") for row in rows)
+    assert any(row.startswith("| ours (Procfile, behind nginx) | batch16 | 2 |") for row in rows)
     for target in ("the whole server ≤ 350 MB RSS", "cold start ≤ 5 s"):
         assert any(target in row and "not measured" not in row for row in rows), target
     assert any("not below today's" in row for row in rows)  # measured at concurrency 4, not run here
     assert sum(row.startswith("| floor (onnxruntime), ") for row in rows) == 3 * len(results["floor"])
     assert sum(row.startswith("| floor (torchscript), ") for row in rows) == 3 * len(results["floor_torchscript"])
+    assert "**The front** (nginx in front of gunicorn" in text
     assert "load average" in text.lower() and results["commit"].split()[0] in text
     assert "](results.png)" in text
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

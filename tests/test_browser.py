@@ -397,6 +397,24 @@ def api_error(status: int, code: str, message: str = "A message for curl users."
     return {"status": status, "json": {"error": {"code": code, "message": message}}}
 
 
+def test_a_rate_limited_image_is_sent_again_after_retry_after(open_page, servers, dataset_jpeg):
+    """The front's 429 (docs/front.md): the page waits as Retry-After says and sends it once more."""
+    page = open_page(servers.api)
+    calls = []
+
+    def over_the_limit_once(route):
+        calls.append(route.request.url)
+        if len(calls) == 1:
+            route.fulfill(**api_error(429, "rate_limited"), headers={"Retry-After": "1"})
+        else:
+            route.continue_()
+
+    page.route("**/predict", over_the_limit_once)
+    page.get_by_label(CHOOSE).set_input_files(dataset_jpeg)
+    expect(status(page)).to_have_text(re.compile(r"^airplane00\.jpg: airplane, "))
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize(
     "reply, sentence",
     [
@@ -408,6 +426,14 @@ def api_error(status: int, code: str, message: str = "A message for curl users."
         (api_error(401, "unauthorized"), "This classifier needs an API key, and this page has none to send. Ask its owner for access, or use the API with its key."),
         (api_error(408, "request_timeout"), "The upload was too slow and the classifier stopped waiting. Check your connection and try again."),
         (api_error(500, "internal_error"), "The classifier failed on this image. Try again, or try another image."),
+        ({**api_error(429, "rate_limited"), "headers": {"Retry-After": "3"}}, "Too many images from this address in a short time. Wait 3 seconds and try again."),
+        (api_error(429, "rate_limited"), "Too many images from this address in a short time. Wait a second and try again."),
+        (api_error(502, "bad_gateway"), "The classifier is restarting. Try again in a few seconds."),
+        (api_error(503, "service_unavailable"), "The classifier is restarting. Try again in a few seconds."),
+        (api_error(504, "gateway_timeout"), "The classifier took too long to answer. Try again, or try a smaller image."),
+        (api_error(400, "bad_request"), "The classifier could not read the request this page sent. Reload the page and try again."),
+        (api_error(400, "request_header_too_large"), "The request this page sent was too large for the classifier. Reload the page and try again."),
+        (api_error(414, "uri_too_long"), "The API address {api_host} is too long. Check it."),
         (api_error(422, "a_code_added_later", "The server's own sentence."), "The server's own sentence."),
         (
             {"status": 502, "content_type": "text/html", "body": "<pre>Traceback (most recent call last):\n  File ...</pre>"},
@@ -417,7 +443,8 @@ def api_error(status: int, code: str, message: str = "A message for curl users."
         ("abort", f"Could not reach the classifier at {{api_host}}. It may be offline, or it may not accept requests from this page ({{page_origin}})."),
     ],
     ids=["payload_too_large", "image_too_large", "unsupported_type", "empty_file", "model_not_ready",
-         "unauthorized", "request_timeout", "internal_error", "unknown_code", "html_traceback", "not_json", "network"],
+         "unauthorized", "request_timeout", "internal_error", "rate_limited_retry_after", "rate_limited",
+         "bad_gateway", "service_unavailable", "gateway_timeout", "bad_request", "request_header_too_large", "uri_too_long", "unknown_code", "html_traceback", "not_json", "network"],
 )
 def test_every_api_error_becomes_a_sentence(open_page, servers, dataset_jpeg, reply, sentence):
     page = open_page(servers.api)

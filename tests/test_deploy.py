@@ -22,7 +22,7 @@ from classifier.export import export_model
 from classifier.pipeline import Classifier
 
 from .conftest import ROOT, TINY_LABELS, colour_network, image_bytes
-from .servers import post_multipart
+from .servers import child_pids, command_line, post_multipart
 
 PAAS = ROOT / "deploy" / "paas.py"
 REPORT = ROOT / "test-results" / "deploy-report.json"
@@ -193,6 +193,13 @@ def test_a_push_builds_a_slug_within_the_limit_and_serves_predictions(deployed, 
     assert release["slug_gzip_bytes"] <= SLUG_LIMIT_MB * MEGABYTE
     assert (root / "releases" / "v1" / ".venv" / "bin" / "gunicorn").exists()
     assert not (root / "releases" / "v1" / "tests").exists()  # .slugignore applied
+    # The release runs the front: nginx on PORT in front of gunicorn, and nginx answers.
+    processes = [command_line(pid) for pid in child_pids(release["pid"])]
+    assert any(line.startswith("nginx: master") for line in processes), processes
+    assert any("gunicorn" in line for line in processes), processes
+    head = subprocess.run(["curl", "-sS", "-I", f"{release['url']}/static/app.css"],
+                          capture_output=True, text=True, check=True).stdout.lower()
+    assert head.startswith("http/1.1 200") and "server: nginx" in head and "cache-control: no-cache" in head, head
 
     answer = subprocess.run(
         ["curl", "-sS", "--fail-with-body", "-F", f"file=@{dataset_jpeg}", f"{release['url']}/predict"],

@@ -7,7 +7,9 @@ command. (tests/test_deploy.py runs its HEALTHCHECK against a real release.)
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
 import runpy
 import shlex
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 from dockerfile_parse import DockerfileParser
 
+from front.config import FrontSettings
 from web.settings import settings_from_env
 
 from .conftest import ROOT
@@ -69,8 +72,8 @@ def test_app_json_defaults_are_the_codes_defaults(name, monkeypatch):
     """Setting a variable to its app.json value changes nothing; another value changes something."""
     value = app_json()["env"][name]["value"]
 
-    def configuration(raw: str | None) -> tuple[dict, dict]:
-        """gunicorn's settings and the app's, as a worker started by the Procfile sees them."""
+    def configuration(raw: str | None) -> tuple[dict, dict, dict]:
+        """gunicorn's settings, the app's and the front's, as the Procfile's processes see them."""
         if raw is None:
             monkeypatch.delenv(name, raising=False)
         else:
@@ -78,9 +81,10 @@ def test_app_json_defaults_are_the_codes_defaults(name, monkeypatch):
         gunicorn = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
         for pair in gunicorn.get("raw_env", []):  # gunicorn sets these in each worker
             monkeypatch.setenv(*pair.split("=", 1))
+        front = dataclasses.asdict(FrontSettings.from_env({"PORT": "8000", **os.environ}))
         # A hook defined in the file is a new function on each run: compare it by name.
         return settings_from_env(), {k: getattr(v, "__qualname__", v) if callable(v) else v
-                                     for k, v in gunicorn.items() if not k.startswith("__") and k != "os"}
+                                     for k, v in gunicorn.items() if not k.startswith("__") and k != "os"}, front
 
     assert configuration(value) == configuration(None)
     assert configuration(value + "1") != configuration(None), f"nothing reads {name}"
@@ -116,8 +120,8 @@ def test_dockerfile_healthcheck_asks_for_the_health_path(dockerfile):
 
 
 def test_dockerfile_cmd_starts_the_procfile_web_command_on_port(dockerfile, tmp_path):
-    """Run the CMD with a stand-in gunicorn that prints its arguments."""
-    fake = tmp_path / "gunicorn"
+    """Run the CMD with a stand-in python3 (bin/start-nginx's interpreter) that prints its arguments."""
+    fake = tmp_path / "python3"
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
     (cmd,) = instructions(dockerfile, "CMD")
@@ -125,9 +129,13 @@ def test_dockerfile_cmd_starts_the_procfile_web_command_on_port(dockerfile, tmp_
         json.loads(cmd), cwd=ROOT, capture_output=True, text=True, check=True,
         env={"PATH": f"{tmp_path}:/usr/bin:/bin", "PORT": "4321"},
     )
-    expected = shlex.split(procfile_command().replace("$PORT", "4321"))
-    assert expected[0] == "gunicorn"
-    assert result.stdout.splitlines() == expected[1:]
+    expected = shlex.split(procfile_command())
+    assert expected[:2] == ["bin/start-nginx", "gunicorn"]
+    assert result.stdout.splitlines() == expected
+
+
+def test_dockerfile_installs_nginx_for_the_front(dockerfile):
+    assert any("apt-get install" in run and "nginx" in run for run in instructions(dockerfile, "RUN"))
 
 
 def test_dockerignore_leaves_out_what_the_slug_leaves_out_and_the_virtualenv():

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import time
 import urllib.request
-from urllib.parse import urlsplit
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -113,8 +112,10 @@ def test_metrics_add_up_across_two_gunicorn_workers(tiny_model_path, tmp_path):
         assert scraped_by == workers, "one worker answered every scrape"
 
         # A worker that dies in the middle of a request takes nothing with it: its counts
-        # stay, its live gauges (in-flight, model info) go. A slow upload holds one worker.
-        with socket.create_connection(("127.0.0.1", urlsplit(url).port)) as slow:
+        # stay, its live gauges (in-flight, model info) go. A slow upload holds one worker when
+        # sent to gunicorn's own socket (nginx in front would read it whole first).
+        with socket.socket(socket.AF_UNIX) as slow:
+            slow.connect(str(process.run_dir / "app.sock"))
             slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
                          b"boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")
             wait_for(lambda: value(scrape(url), "http_requests_in_flight") == 2, what="the slow upload to start")

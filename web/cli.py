@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
@@ -88,6 +89,11 @@ def swap_model_command(path: str, pid: int | None, pidfile: str | None) -> None:
     )
 
 
+# Threads of one process; a Ray cluster may have many more actors.
+MAX_LOCAL_LANES = 64
+# --ray without an address: a Ray of the command's own on this machine (ray.init's "local").
+LOCAL_RAY = "local"
+
 # Measured on the 1280 UC Merced images (bench/batch-results.md): on a CPU, this model's
 # time per image grows with the batch (its activations outgrow the caches), so the command
 # gets its throughput from running batches side by side, one per core, while threads decode.
@@ -105,15 +111,22 @@ DEFAULT_BATCH_SIZE = 1
               help="Images per forward pass of the model.")
 @click.option("--workers", type=click.IntRange(1, 64), default=min(4, os.cpu_count() or 1), show_default=True,
               help="Threads that read and decode images while the model runs.")
-@click.option("--lanes", type=click.IntRange(1, 64), default=None,
-              help="Batches the model runs at once, one core each.  [default: TORCH_THREADS, all cores]")
+@click.option("--lanes", type=click.IntRange(1, 4096), default=None,
+              help="Batches the model runs at once, one core each; with --ray, the model actors.  "
+                   "[default: TORCH_THREADS, all cores; with --ray, the cluster's CPUs]")
+@click.option("--ray", "ray_address", is_flag=False, flag_value=LOCAL_RAY, default=None, metavar="[ADDRESS]",
+              help="Run on Ray (docs/scaling.md): join the cluster at ADDRESS, or start a local Ray "
+                   "without one (put --ray last, or write --ray=ADDRESS).")
+@click.option("--ray-decode", "decode_in", type=click.Choice(["actors", "tasks"]), default="actors", show_default=True,
+              help="With --ray: decode in the model actors, or in CPU tasks of their own ahead of them.")
 @with_appcontext
-def predict_command(paths, output_format, output, top, batch_size, workers, lanes) -> None:
+def predict_command(paths, output_format, output, top, batch_size, workers, lanes, ray_address, decode_in) -> None:
     """Classify image files and folders (recursively) with the served model.
 
     Writes one line per file to --output. A file that cannot be read is reported on
     standard error, with its reason in the output, and the others go on; the exit status is
-    1 only if no file could be classified.
+    1 only if no file could be classified. With --ray the same answers come from a Ray
+    cluster, whose every node must read the files at the same paths.
     """
     classifier = _classifier()
     try:
@@ -124,11 +137,34 @@ def predict_command(paths, output_format, output, top, batch_size, workers, lane
     if not files:
         raise click.ClickException("No image files found in " + ", ".join(map(str, paths)) + ".")
 
-    writer = WRITERS[output_format](output, top_k)
+    if ray_address is None:
+        if lanes and lanes > MAX_LOCAL_LANES:
+            raise click.BadParameter(f"at most {MAX_LOCAL_LANES} on one machine (more with --ray).", param_hint="--lanes")
+        lanes = lanes or current_app.config["TORCH_THREADS"]
+        results = classify_files(classifier, files, batch_size=batch_size, top_k=top_k, workers=workers, lanes=lanes)
+        _write_results(results, files, WRITERS[output_format](output, top_k), output)
+        return
+    from classifier.ray_batch import ModelFiles, classify_files_on_ray, ray_cluster
+
+    options = classifier_options(current_app.config, threads=1)
+    model = ModelFiles.read(current_app.config["MODEL_PATH"], options["onnx_path"])
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(ray_cluster(ray_address))
+        except ConnectionError as error:
+            raise click.ClickException(f"cannot reach the Ray cluster at {ray_address}: {error}") from error
+        try:
+            results = classify_files_on_ray(model, options, files, batch_size=batch_size, top_k=top_k,
+                                            actors=lanes, decode_in=decode_in)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--lanes") from error
+        _write_results(results, files, WRITERS[output_format](output, top_k), output)
+
+
+def _write_results(results, files, writer, output) -> None:
+    """Write each result as it comes, report the unreadable ones; exit 1 if none was classified."""
     stderr = sys.stderr
-    lanes = lanes or current_app.config["TORCH_THREADS"]
     started, classified = time.perf_counter(), 0
-    results = classify_files(classifier, files, batch_size=batch_size, top_k=top_k, workers=workers, lanes=lanes)
     # A progress bar only for a person at a terminal; a log or a pipe gets the summary alone.
     progress = click.progressbar(length=len(files), label="Classifying", file=stderr) if stderr.isatty() else None
     for result in results:

@@ -8,8 +8,10 @@ matches the served model (``classifier.device_model``), or when DEVICE_MODEL_PAT
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from urllib.parse import quote
 
-from flask import Blueprint, current_app, jsonify, send_file, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, send_file, url_for
 
 from classifier.device_model import DeviceModel, load_device_model
 from classifier.errors import DeviceModelUnavailable
@@ -51,6 +53,9 @@ def manifest():
 @device.get("/model.onnx")
 def onnx_file():
     model = current_device_model()
+    handed_over = hand_to_front(model.path)
+    if handed_over is not None:
+        return handed_over
     # The ETag is the file's hash: a browser revalidates and downloads it again only when
     # the model changed.
     response = send_file(
@@ -61,4 +66,25 @@ def onnx_file():
         max_age=0,
     )
     response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def hand_to_front(path: Path) -> Response | None:
+    """Let nginx send the checked file (X-Accel-Redirect), so a slow download holds no worker.
+
+    Rack::Sendfile's convention: nginx asks for it with ``X-Sendfile-Type: X-Accel-Redirect``
+    and ``X-Accel-Mapping: <directory>/=<internal prefix>/`` (config/nginx.conf.template,
+    which drops a client's own copy of both). Without them, or for a file outside that
+    directory, None: the app sends the file itself.
+    """
+    if request.headers.get("X-Sendfile-Type") != "X-Accel-Redirect":
+        return None
+    directory, _, prefix = request.headers.get("X-Accel-Mapping", "").partition("=")
+    resolved = str(path.resolve())
+    if not directory or not prefix or not resolved.startswith(directory.rstrip("/") + "/"):
+        return None
+    response = Response(mimetype="application/octet-stream")
+    # nginx answers conditional and range requests with the file's own ETag and Last-Modified.
+    relative = resolved[len(directory.rstrip("/")) + 1:]
+    response.headers["X-Accel-Redirect"] = prefix.rstrip("/") + "/" + quote(relative)
     return response

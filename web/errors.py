@@ -40,22 +40,11 @@ def register_error_handlers(app: Flask) -> None:
     def input_error(error: InputError):
         return error_response(error.status, error.code, error.message)
 
-    @app.errorhandler(TimeoutError)
-    def request_timeout(error: TimeoutError):
-        # The only socket a request reads is the client's: it did not send the request
-        # within the deadline that web/worker.py sets.
-        return error_response(
-            408,
-            "request_timeout",
-            "The request did not arrive in time. Send the whole body without pausing.",
-        )
-
     @app.errorhandler(ClientDisconnected)
     def incomplete_body(error: ClientDisconnected):
-        # Werkzeug raises this while handling the failed read of the body; a TimeoutError
-        # there is the client being too slow, anything else the body ending early.
-        if isinstance(error.__context__, TimeoutError):
-            return request_timeout(error.__context__)
+        # Werkzeug raises this while handling the failed read of the body. Behind the front
+        # nginx hands over whole bodies only (and drops a stalled one itself), so this
+        # is a body that ended early, sent straight to gunicorn.
         return error_response(
             400,
             "incomplete_body",

@@ -72,6 +72,7 @@ def _prediction_operation(app: Flask, summary: str, description: str, body: dict
             "408": _ref("responses", "RequestTimeout"),
             "413": _ref("responses", "TooLarge"),
             "415": _ref("responses", "UnsupportedType"),
+            "429": _ref("responses", "RateLimited"),
             "503": _ref("responses", "ModelNotReady"),
         },
     }
@@ -302,8 +303,17 @@ def _components(app: Flask, labels: tuple[str, ...]) -> dict:
                 "unauthorized: API_KEY is set and the request did not carry it.",
             ),
             "RequestTimeout": _json(
-                _ref("schemas", "Error"), "request_timeout: the body stopped arriving."
+                _ref("schemas", "Error"), "request_timeout: the body stopped arriving (the front, nginx, answers it)."
             ),
+            "RateLimited": {
+                **_json(
+                    _ref("schemas", "Error"),
+                    "rate_limited: this client address sent over RATE_LIMIT requests a second, or has over "
+                    "CONNECTION_LIMIT at once (the front, nginx, answers it; docs/front.md).",
+                ),
+                "headers": {"Retry-After": {"description": "Seconds to wait before sending again.",
+                                            "schema": {"type": "integer", "minimum": 1}}},
+            },
             "TooLarge": _json(
                 _ref("schemas", "Error"),
                 f"payload_too_large (the body is over {limit}), image_too_large (over "

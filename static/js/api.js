@@ -2,14 +2,19 @@
 // Every failure becomes an ApiError with a code, so the page can say what happened in words.
 
 const REQUEST_TIMEOUT_MS = 60_000;
+// Over the server's per-client rate limit (429, docs/front.md), the page waits as long as
+// Retry-After says and sends once more, so a long queue of images paces itself to the limit.
+const RATE_LIMIT_RETRIES = 1;
+const LONGEST_RETRY_AFTER_S = 10;
 
 export class ApiError extends Error {
-  constructor(code, { status = 0, serverMessage = "" } = {}) {
+  constructor(code, { status = 0, serverMessage = "", retryAfter = null } = {}) {
     super(serverMessage || code);
     this.name = "ApiError";
     this.code = code;
     this.status = status;
     this.serverMessage = serverMessage;
+    this.retryAfter = retryAfter; // seconds, from a 429's Retry-After
   }
 }
 
@@ -49,7 +54,7 @@ export function describeModel(base) {
   return request(`${base}/model`, { method: "GET" });
 }
 
-async function request(url, init) {
+async function request(url, init, retries = RATE_LIMIT_RETRIES) {
   let response;
   try {
     // No cookies: the API needs none, and a cross-origin call stays a simple CORS request.
@@ -66,9 +71,18 @@ async function request(url, init) {
   }
   if (!response.ok) {
     const error = body && typeof body.error === "object" ? body.error : {};
+    const retryAfter = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
+    if (response.status === 429 && retries > 0) {
+      const seconds = Number.isInteger(retryAfter) && retryAfter > 0 ? retryAfter : 1;
+      if (seconds <= LONGEST_RETRY_AFTER_S) {
+        await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+        return request(url, init, retries - 1);
+      }
+    }
     throw new ApiError(typeof error.code === "string" ? error.code : "http_error", {
       status: response.status,
       serverMessage: typeof error.message === "string" ? error.message : "",
+      retryAfter: Number.isInteger(retryAfter) && retryAfter > 0 ? retryAfter : null,
     });
   }
   if (body === null || typeof body !== "object") {

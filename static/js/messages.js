@@ -19,6 +19,15 @@ const SENTENCES = {
     "This classifier needs an API key, and this page has none to send. Ask its owner for access, or use the API with its key.",
   request_timeout: () => "The upload was too slow and the classifier stopped waiting. Check your connection and try again.",
   incomplete_body: () => "The upload was cut off before it finished. Try again.",
+  // Answered by the front (nginx) itself: docs/front.md.
+  rate_limited: (_, error) =>
+    `Too many images from this address in a short time. Wait ${error.retryAfter && error.retryAfter > 1 ? `${error.retryAfter} seconds` : "a second"} and try again.`,
+  bad_gateway: () => "The classifier is restarting. Try again in a few seconds.",
+  service_unavailable: () => "The classifier is restarting. Try again in a few seconds.",
+  gateway_timeout: () => "The classifier took too long to answer. Try again, or try a smaller image.",
+  bad_request: () => "The classifier could not read the request this page sent. Reload the page and try again.",
+  request_header_too_large: () => "The request this page sent was too large for the classifier. Reload the page and try again.",
+  uri_too_long: ({ apiLabel }) => `The API address ${apiLabel} is too long. Check it.`,
   not_found: ({ apiLabel }) => `There is no classifier at ${apiLabel}. Check the API address.`,
   method_not_allowed: ({ apiLabel }) => `There is no classifier at ${apiLabel}. Check the API address.`,
   network: ({ apiLabel, pageOrigin }) =>
