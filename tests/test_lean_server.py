@@ -1,7 +1,7 @@
 """The real Procfile server: no process of it has torch loaded when a verified ONNX copy exists.
 
-Every process of the running server (gunicorn's master, each worker, anything else in its
-process tree) is looked at in /proc/<pid>/maps, after it has served single and batch
+Every process of the running server (the front's process, nginx's, gunicorn's master, each
+worker: the whole process tree) is looked at in /proc/<pid>/maps, after it has served single and batch
 requests. With INFERENCE_ENGINE=torchscript the workers load libtorch, as they must.
 Then the issue-14 case: with INFERENCE_ENGINE=onnxruntime, a swap to a model.zip that the
 ONNX copy was not made from is refused, and MODEL_PATH and the workers stay as they were.
@@ -23,7 +23,7 @@ from training.onnx_variants import export_onnx
 
 from .conftest import ROOT
 from .load import multipart, send, wait_for_workers, worker_pids
-from .servers import procfile_command, procfile_server
+from .servers import free_port, procfile_command, procfile_server
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +59,8 @@ def test_no_process_of_the_server_has_torch_loaded_with_a_verified_copy(data_dir
         for _ in range(4):  # requests land on either worker
             serve_some(url, data_dir)
         assert send(url, "GET", "/health")[1]["engine"] == "onnxruntime"
-        processes = server_processes(master.pid)
-        assert {p.pid for p in processes} >= {master.pid, *workers}
+        processes = server_processes(master.process.pid)  # the Procfile's process and all below it
+        assert {p.pid for p in processes} >= {master.process.pid, master.nginx_pid, master.pid, *workers}
         with_torch = [p.pid for p in processes if loads_library(p.pid, "libtorch")]
         assert with_torch == [], f"processes with libtorch: {with_torch}"
         assert all(loads_library(pid, "libonnxruntime") for pid in workers)
@@ -83,8 +83,9 @@ def test_with_torchscript_asked_for_every_worker_loads_torch(data_dir, tmp_path)
 
 def test_onnxruntime_with_a_stale_copy_stops_the_start_with_the_reason(tiny_model_v2_path, tiny_model_path, tmp_path):
     onnx = export_onnx(tiny_model_path, tmp_path / "tiny.onnx")  # made from 0.0.1, serving 0.0.2
-    command = procfile_command().replace("0.0.0.0:$PORT", "127.0.0.1:0")
-    environment = {**os.environ, "PORT": "0", "INFERENCE_ENGINE": "onnxruntime", "MODEL_PATH": str(tiny_model_v2_path),
+    command = procfile_command()
+    environment = {**os.environ, "PORT": str(free_port()), "LISTEN_ADDRESS": "127.0.0.1",
+                   "INFERENCE_ENGINE": "onnxruntime", "MODEL_PATH": str(tiny_model_v2_path),
                    "ONNX_MODEL_PATH": str(onnx), "VERIFIED_COPIES_DIR": str(tmp_path / "checks"),
                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     done = subprocess.run(["sh", "-c", f"exec {command}"], cwd=ROOT, env=environment, capture_output=True,
