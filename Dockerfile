@@ -27,6 +27,10 @@ COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 
 COPY . .
+# The default monitoring database is a SQLite file in instance/ (docs/monitoring.md): the app
+# user must be able to write there. A container's disk goes with it: set DATABASE_URL or
+# mount a volume at /app/instance to keep the records.
+RUN mkdir -p instance && chown 10001:10001 instance
 
 USER 10001:10001
 EXPOSE 8000

@@ -13,12 +13,12 @@ export CHROMIUM ?= /usr/bin/chromium
 export NGINX ?= /usr/sbin/nginx
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test test-deploy bench data install install-dev variants vendor
+.PHONY: run test test-deploy bench data install install-dev variants vendor postgresql-server
 
 run: $(VENV)/.run-installed $(NGINX)
 	PORT=$(PORT) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sh -c "$$(sed -n 's/^web: //p' Procfile)"
 
-test: $(VENV)/.dev-installed $(CHROMIUM) $(NGINX)
+test: $(VENV)/.dev-installed $(CHROMIUM) $(NGINX) postgresql-server
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The git-push deploy test builds a whole release from scratch (several minutes), so it has
@@ -61,6 +61,13 @@ $(NGINX):
 	@command -v apt-get >/dev/null || { echo "The server runs behind nginx at $(NGINX): install it, or set NGINX=/path/to/nginx."; exit 1; }
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y nginx
+
+# The monitoring tests start their own PostgreSQL server (tests/postgres.py) from Debian's
+# package; set POSTGRES_BIN to use binaries elsewhere.
+postgresql-server:
+	@ls $(or $(POSTGRES_BIN),/usr/lib/postgresql/*/bin)/initdb >/dev/null 2>&1 || { \
+	  command -v apt-get >/dev/null || { echo "The monitoring tests need PostgreSQL's server binaries: install them, or set POSTGRES_BIN."; exit 1; }; \
+	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
 
 # The model's other forms (ONNX for the browser, int8) and docs/model-variants.md, from model.zip.
 variants: $(VENV)/.dev-installed

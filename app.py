@@ -14,7 +14,7 @@ from flask import Flask
 from flask_cors import CORS
 
 from classifier.pipeline import Classifier
-from web import access_log, metrics
+from web import access_log, metrics, monitoring
 from web.api import EXTENSION_KEY, api
 from web.cli import register_commands
 from web.client_address import ClientAddressFromFront
@@ -42,6 +42,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(api)
     app.register_blueprint(pages)
     app.register_blueprint(device)
+    monitoring.init_app(app)
     register_commands(app)
 
     if app.config["LOAD_MODEL"]:

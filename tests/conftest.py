@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,20 @@ def export_tiny_model(path: Path, version: str = "0.0.1", labels=TINY_LABELS) ->
     """The colour model as a model file; ``labels`` of another length breaks the contract."""
     meta = {"name": "tiny-colours", "version": version, "dataset": "synthetic"}
     return export_model(colour_network(), labels, meta, path, mean=(0, 0, 0), std=(1, 1, 1))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def monitoring_database(tmp_path_factory):
+    """Every app and server the suite starts records its predictions in a database of the
+    suite's own (web/db.py), never the repository's instance/ folder or a DATABASE_URL
+    from the shell. Tests that need another database pass their own."""
+    saved = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = f"sqlite:///{tmp_path_factory.mktemp('monitoring') / 'monitoring.sqlite'}"
+    yield os.environ["DATABASE_URL"]
+    if saved is None:
+        os.environ.pop("DATABASE_URL", None)
+    else:
+        os.environ["DATABASE_URL"] = saved
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,31 @@ def stratified_split(
         train_targets=tuple(t for _, t in train),
         val_files=tuple(f for f, _ in val),
         val_targets=tuple(t for _, t in val),
+    )
+
+
+def with_extra_training_images(split: Split, extra_dir: str | Path) -> Split:
+    """``split`` with every image of ``extra_dir``/<class>/ added to its training side.
+
+    For the images users corrected (``flask --app app export-feedback DIR``): they are
+    trained on, never validated on, so the validation split stays the one earlier models
+    were measured on. A folder named after a class the data set does not have is refused.
+    """
+    root = Path(extra_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"No folder of extra training images at {root}.")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    unknown = [folder.name for folder in folders if folder.name not in split.classes]
+    if unknown:
+        raise ValueError(
+            f"{root} has folders for classes the data set lacks: {', '.join(unknown)}. "
+            f"Its classes are {', '.join(split.classes)}."
+        )
+    extra = [(f, split.classes.index(folder.name)) for folder in folders for f in image_files(folder)]
+    return dataclasses.replace(
+        split,
+        train_files=split.train_files + tuple(f for f, _ in extra),
+        train_targets=split.train_targets + tuple(t for _, t in extra),
     )
 
 

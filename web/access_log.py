@@ -17,7 +17,7 @@ from flask import Flask, Response, g, request
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Ids are copied into logs and headers: accept only short, printable, quote-free ones.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 
 log = logging.getLogger("web.access")
 
@@ -26,7 +26,7 @@ def request_id() -> str:
     """This request's id: the caller's, if it is a valid one, else a new uuid4 (hex)."""
     if "request_id" not in g:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        g.request_id = incoming if REQUEST_ID_PATTERN.fullmatch(incoming) else uuid.uuid4().hex
     return g.request_id
 
 

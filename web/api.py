@@ -21,6 +21,7 @@ from classifier.pipeline import Classifier, Prediction
 from .auth import api_key_required
 from .errors import error_body, error_response
 from .openapi import openapi_document
+from .recording import record_predictions
 
 api = Blueprint("api", __name__)
 
@@ -43,7 +44,9 @@ def predict():
     if classifier is None:
         return _model_not_ready()
     top_k = classifier.parse_top_k(query_value("top"))
-    prediction = classifier.classify(read_upload(), top_k=top_k)
+    upload = read_upload()
+    prediction = classifier.classify(upload, top_k=top_k)
+    record_predictions(classifier, [upload], [prediction])
     return jsonify(prediction.to_json())
 
 
@@ -56,6 +59,7 @@ def predict_batch():
     top_k = classifier.parse_top_k(query_value("top"))
     uploads = read_batch_uploads(current_app.config["MAX_BATCH_FILES"])
     results = classifier.classify_many(uploads, top_k=top_k)
+    record_predictions(classifier, uploads, results)
     return jsonify({"results": [batch_item_json(result) for result in results]})
 
 

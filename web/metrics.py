@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -44,10 +44,17 @@ MODEL_INFO = Gauge("model_info", "The model being served (value 1).", ["name", "
 
 metrics = Blueprint("metrics", __name__)
 
+# app.extensions key: functions that return more exposition text, computed at scrape time
+# (web/monitoring.py: figures from the database every worker shares).
+SCRAPE_EXTRAS = "metrics_scrape_extras"
+
 
 @metrics.get("/metrics")
 def scrape():
-    return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+    body = generate_latest(_registry())
+    for extra in current_app.extensions.get(SCRAPE_EXTRAS, ()):
+        body += extra()
+    return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
 
 def _registry():

@@ -193,6 +193,113 @@ def _paths(app: Flask) -> dict:
                 _json(_ref("schemas", "BatchResults"), "One result per file, in order."),
             )
         },
+        **_monitoring_paths(app),
+    }
+
+
+def _monitoring_paths(app: Flask) -> dict:
+    """POST /feedback and GET /monitoring (web/monitoring.py, docs/monitoring.md)."""
+    feedback = {
+        "summary": "Say which class an earlier prediction should have been",
+        "description": (
+            "Names the prediction by the X-Request-ID header its answer carried (and `item`, "
+            "its place in a batch). A later answer for the same prediction replaces the "
+            "earlier one; `replaced` says what it replaced."
+        ),
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("schemas", "FeedbackRequest")}}},
+        "responses": {
+            "200": _json(_ref("schemas", "Feedback"), "Recorded."),
+            "400": _json(_ref("schemas", "Error"), "invalid_parameter (the body) or unknown_label (not one of the model's classes)."),
+            "401": _ref("responses", "Unauthorized"),
+            "404": _json(_ref("schemas", "Error"), "unknown_request_id: no recorded prediction has that id."),
+            "503": _json(_ref("schemas", "Error"), "model_not_ready or database_unavailable: retry shortly."),
+        },
+    }
+    if app.config.get("API_KEY"):
+        feedback["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+    return {
+        "/feedback": {"post": feedback},
+        "/monitoring": {
+            "get": {
+                "summary": "The served model's predictions, feedback, confidence and drift over a window",
+                "parameters": [
+                    {
+                        "name": "window",
+                        "in": "query",
+                        "required": False,
+                        "description": "How far back to look: a whole number and s, m, h or d (at most 3650d); empty means the default.",
+                        "allowEmptyValue": True,
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,7}[smhd]$",
+                                   "default": app.config["MONITORING_WINDOW"]},
+                    }
+                ],
+                "responses": {
+                    "200": _json(_ref("schemas", "Monitoring"), "The figures."),
+                    "400": _json(_ref("schemas", "Error"), "invalid_parameter: a window that is not a duration."),
+                    "503": _json(_ref("schemas", "Error"), "model_not_ready or database_unavailable: retry shortly."),
+                },
+            }
+        },
+    }
+
+
+def _monitoring_schemas(label: dict) -> dict:
+    share = {"type": "number", "minimum": 0, "maximum": 1, "nullable": True}
+    count = {"type": "integer", "minimum": 0}
+    return {
+        "FeedbackRequest": {
+            "type": "object",
+            "required": ["request_id", "label"],
+            "properties": {
+                "request_id": {"type": "string", "pattern": "^[A-Za-z0-9._:+/=-]{1,128}$"},
+                "label": label,
+                "item": {"type": "integer", "minimum": 0, "maximum": 10000, "default": 0},
+            },
+        },
+        "Feedback": {
+            "type": "object",
+            "required": ["request_id", "item", "label", "predicted", "correct", "replaced"],
+            "properties": {
+                "request_id": {"type": "string"},
+                "item": count,
+                "label": {"type": "string"},
+                "predicted": {"type": "string"},
+                "correct": {"type": "boolean"},
+                "replaced": {"type": "string", "nullable": True, "description": "The earlier answer this one replaced."},
+            },
+        },
+        "Monitoring": {
+            "type": "object",
+            "required": ["model", "window", "predictions", "feedback", "low_confidence", "drift"],
+            "properties": {
+                "model": {"type": "object", "required": ["name", "version"]},
+                "window": {"type": "object", "required": ["seconds", "since", "until"]},
+                "predictions": {
+                    "type": "object",
+                    "required": ["total", "by_label"],
+                    "properties": {"total": count, "by_label": {"type": "object", "additionalProperties": count}},
+                },
+                "feedback": {
+                    "type": "object",
+                    "required": ["total", "correct", "accuracy"],
+                    "properties": {"total": count, "correct": count, "accuracy": share},
+                },
+                "low_confidence": {
+                    "type": "object",
+                    "required": ["threshold", "total", "share"],
+                    "properties": {"threshold": share, "total": count, "share": share},
+                },
+                "drift": {
+                    "type": "object",
+                    "required": ["score", "threshold", "drifting", "reason"],
+                    "properties": {
+                        "score": share,
+                        "drifting": {"type": "boolean", "nullable": True},
+                        "reason": {"type": "string", "nullable": True},
+                    },
+                },
+            },
+        },
     }
 
 
@@ -270,6 +377,7 @@ def _components(app: Flask, labels: tuple[str, ...]) -> dict:
                     },
                 },
             },
+            **_monitoring_schemas(label),
             "Loading": {
                 "type": "object",
                 "required": ["status"],

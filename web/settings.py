@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from classifier.engines import ENGINES
 from classifier.images import DEFAULT_MAX_PIXELS
@@ -26,6 +27,37 @@ def _int_env(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"{name} must be an integer, not {raw!r}") from None
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, not {raw!r}") from None
+
+
+def _flag_env(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    return default if not raw else raw not in ("0", "false", "no", "off")
+
+
+_DURATION = re.compile(r"([0-9]{1,7})([smhd])")
+_SECONDS_PER_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_S = 3650 * 86400  # ten years: any window longer is a mistake
+
+
+def parse_duration(raw: str) -> int:
+    """Seconds in a duration such as ``90s``, ``15m``, ``24h`` or ``7d``; ValueError otherwise."""
+    match = _DURATION.fullmatch(raw.strip()) if isinstance(raw, str) else None
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"a duration is a whole number and a unit (s, m, h or d), such as 24h; not {raw!r}")
+    seconds = int(match.group(1)) * _SECONDS_PER_UNIT[match.group(2)]
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"{raw!r} is longer than the longest window, 3650d")
+    return seconds
 
 
 def settings_from_env() -> dict:
@@ -52,6 +84,17 @@ def settings_from_env() -> dict:
         # serve it without torch (classifier/verified_copy.py); empty: a directory of this
         # user's under the system's temporary directory.
         "VERIFIED_COPIES_DIR": os.environ.get("VERIFIED_COPIES_DIR", "").strip(),
+        # Monitoring (docs/monitoring.md). Empty DATABASE_URL: SQLite in the instance folder.
+        "DATABASE_URL": os.environ.get("DATABASE_URL", "").strip(),
+        "RECORD_PREDICTIONS": _flag_env("RECORD_PREDICTIONS", True),
+        # Off: no image is kept. On: the 224x224 copy of each image is stored for retraining.
+        "KEEP_IMAGES": _flag_env("KEEP_IMAGES", False),
+        "RETENTION_DAYS": _int_env("RETENTION_DAYS", 30),
+        "RETENTION_MAX_PREDICTIONS": _int_env("RETENTION_MAX_PREDICTIONS", 200_000),
+        "LOW_CONFIDENCE_THRESHOLD": _float_env("LOW_CONFIDENCE_THRESHOLD", 0.5),
+        "DRIFT_THRESHOLD": _float_env("DRIFT_THRESHOLD", 0.2),
+        # The window /metrics reports and /monitoring defaults to.
+        "MONITORING_WINDOW": os.environ.get("MONITORING_WINDOW", "24h").strip(),
     }
 
 
@@ -73,6 +116,16 @@ def check_settings(config) -> None:
             raise ValueError(f"{key} must be at least 1, got {config[key]!r}")
     if config["INFERENCE_ENGINE"] not in ENGINES:
         raise ValueError(f"INFERENCE_ENGINE must be one of {', '.join(ENGINES)}, not {config['INFERENCE_ENGINE']!r}")
+    for key in ("RETENTION_DAYS", "RETENTION_MAX_PREDICTIONS"):
+        if int(config.get(key, 1)) < 1:
+            raise ValueError(f"{key} must be at least 1, got {config[key]!r}")
+    for key in ("LOW_CONFIDENCE_THRESHOLD", "DRIFT_THRESHOLD"):
+        if not 0 <= float(config.get(key, 0)) <= 1:
+            raise ValueError(f"{key} must be from 0 to 1, got {config[key]!r}")
+    try:
+        parse_duration(config.get("MONITORING_WINDOW", "24h"))
+    except ValueError as error:
+        raise ValueError(f"MONITORING_WINDOW: {error}") from None
     api_key = config.get("API_KEY") or ""
     # Clients send the key in a header, so it must survive one: printable ASCII, no spaces.
     if api_key and (len(api_key) < MIN_API_KEY_LENGTH or not api_key.isascii()

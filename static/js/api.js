@@ -1,4 +1,4 @@
-// Talking to the classification API: where it is, POST /predict, GET /model.
+// Talking to the classification API: where it is, POST /predict, GET /model, POST /feedback.
 // Every failure becomes an ApiError with a code, so the page can say what happened in words.
 
 const REQUEST_TIMEOUT_MS = 60_000;
@@ -40,13 +40,24 @@ export async function classify(base, file) {
   form.append("file", file, file.name || "image");
   const started = performance.now();
   // No ?top=: the server's default is the 5 best classes, capped at the model's class count.
-  const body = await request(`${base}/predict`, { method: "POST", body: form });
+  const { body, response } = await send(`${base}/predict`, { method: "POST", body: form });
   const elapsedMs = performance.now() - started;
   if (typeof body.label !== "string" || typeof body.score !== "number") {
     throw new ApiError("bad_response", { status: 200 });
   }
   const top = Array.isArray(body.top) && body.top.length ? body.top : [{ label: body.label, score: body.score }];
-  return { label: body.label, score: body.score, top, elapsedMs };
+  // The answer's id names it in feedback (POST /feedback); "" if a proxy dropped the header.
+  const requestId = response.headers.get("X-Request-ID") || "";
+  return { label: body.label, score: body.score, top, elapsedMs, requestId };
+}
+
+/** Tell the server the right class of an earlier answer; resolves to {correct, replaced, ...}. */
+export function sendFeedback(base, requestId, label) {
+  return request(`${base}/feedback`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ request_id: requestId, label }),
+  });
 }
 
 /** The model's metadata from GET /model: name, version, labels, ... */
@@ -54,7 +65,12 @@ export function describeModel(base) {
   return request(`${base}/model`, { method: "GET" });
 }
 
-async function request(url, init, retries = RATE_LIMIT_RETRIES) {
+async function request(url, init) {
+  return (await send(url, init)).body;
+}
+
+/** The parsed body and the response (for its headers), or an ApiError. */
+async function send(url, init, retries = RATE_LIMIT_RETRIES) {
   let response;
   try {
     // No cookies: the API needs none, and a cross-origin call stays a simple CORS request.
@@ -76,7 +92,7 @@ async function request(url, init, retries = RATE_LIMIT_RETRIES) {
       const seconds = Number.isInteger(retryAfter) && retryAfter > 0 ? retryAfter : 1;
       if (seconds <= LONGEST_RETRY_AFTER_S) {
         await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
-        return request(url, init, retries - 1);
+        return send(url, init, retries - 1);
       }
     }
     throw new ApiError(typeof error.code === "string" ? error.code : "http_error", {
@@ -88,5 +104,5 @@ async function request(url, init, retries = RATE_LIMIT_RETRIES) {
   if (body === null || typeof body !== "object") {
     throw new ApiError("bad_response", { status: response.status });
   }
-  return body;
+  return { body, response };
 }

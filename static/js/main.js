@@ -3,6 +3,7 @@
 
 import { ApiError, classify, describeModel, resolveApiBase } from "./api.js";
 import { DeviceError, classifyOnDevice, deviceModelReady, loadDeviceModel } from "./device.js";
+import { initFeedback, setFeedbackLabels, showFeedback } from "./feedback.js";
 import { FORMATS, describeError, humanSize } from "./messages.js";
 import { historyItem, showEntry, showNothing, updateHistoryItem } from "./view.js";
 
@@ -118,12 +119,16 @@ function select(entry) {
     else button.removeAttribute("aria-current");
   }
   showEntry(entry);
+  showFeedback(entry);
 }
 
 function refresh(entry) {
   const button = $("history").querySelector(`[data-entry-id="${entry.id}"]`);
   if (button) updateHistoryItem(button, entry);
-  if (selected === entry) showEntry(entry);
+  if (selected === entry) {
+    showEntry(entry);
+    showFeedback(entry);
+  }
 }
 
 async function showModel() {
@@ -138,6 +143,7 @@ async function showModel() {
     info.textContent = `Model ${model.name} ${model.version} · ${labels.length} classes`;
     $("classes").textContent = labels.join(", ");
     $("classes-box").hidden = labels.length === 0;
+    setFeedbackLabels(labels);
   } catch (error) {
     if (error.code === "model_not_ready") {
       info.textContent = "The classifier is loading its model…";
@@ -202,6 +208,7 @@ function describeLimits() {
 
 describeLimits();
 listenForFiles();
+initFeedback(apiBase, context);
 showNothing();
 showModel();
 root.dataset.ready = "true"; // the page is wired up (tests wait for this)
