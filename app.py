@@ -60,13 +60,14 @@ def load_classifier(app: Flask) -> Classifier:
     app.extensions[EXTENSION_KEY] = classifier
     metrics.set_model_info(classifier.model.name, classifier.model.version)
     logging.getLogger(__name__).info(
-        "model %s %s loaded in %.2fs (%d classes, %s engine, %d threads)",
+        "model %s %s loaded in %.2fs (%d classes, %s engine, %d threads; %s)",
         classifier.model.name,
         classifier.model.version,
         classifier.model.load_seconds,
         len(classifier.labels),
         classifier.engine.name,
         app.config["TORCH_THREADS"],
+        classifier.engine_reason,
     )
     return classifier
 

@@ -1,13 +1,14 @@
 """gunicorn settings; every one can be overridden from the environment or the command line.
 
 The model is loaded in each worker after it forks (no preload_app): torch's thread pools
-do not survive fork, and a preloaded torch can hang the workers.
+do not survive fork, and a preloaded torch can hang the workers. The master itself only has
+the ONNX copy checked against the model, in a subprocess, before it forks (on_starting).
 """
 
 import os
 
 from front import ready
-from web import multiprocess_metrics
+from web import multiprocess_metrics, request_memory, serving_check
 
 # Behind the front (bin/start-nginx, the Procfile), on the unix socket it names: nginx
 # alone listens on $PORT. Started on its own (the benchmark's direct contender), on $PORT.
@@ -63,9 +64,20 @@ control_socket_disable = True
 
 # Prometheus multiprocess mode (web/metrics.py): the master prepares the shared directory
 # before it forks the workers, lets go of each worker that exits, and cleans up at the end.
-on_starting = multiprocess_metrics.on_starting
 child_exit = multiprocess_metrics.child_exit
 on_exit = multiprocess_metrics.on_exit
+
+
+def on_starting(server):
+    multiprocess_metrics.on_starting(server)
+    # The ONNX copy is checked against model.zip here, once, in a subprocess, so that the
+    # workers can serve it without importing torch (web/serving_check.py).
+    serving_check.on_starting(server)
+
+
+on_reload = serving_check.on_reload
+# After a phone photo or a batch, the worker's freed heap goes back to the system.
+post_request = request_memory.post_request
 # Tell the front when every worker has warmed up the model, so that nginx opens $PORT then.
 post_worker_init = ready.post_worker_init
 

@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from classifier.images import INPUT_SIZE
 from classifier.pipeline import Classifier
@@ -36,7 +36,7 @@ def measure(classifier: Classifier, payloads: list[bytes], count: int, warmup: i
 
 def forward_ms_per_image(classifier: Classifier, batch_sizes, repeats: int = 20) -> dict[int, float]:
     """The forward pass alone, per image, by batch size: what micro-batching could gain."""
-    sample = torch.rand(max(batch_sizes), 3, *INPUT_SIZE)
+    sample = np.random.default_rng(0).random((max(batch_sizes), 3, *INPUT_SIZE), dtype=np.float32)
     result = {}
     for size in batch_sizes:
         for _ in range(3):

@@ -44,8 +44,8 @@ class ClassifierAPI(ls.LitAPI):
         return list(probabilities) if isinstance(images, list) else probabilities[0]
 
     def encode_response(self, probabilities):
-        score, index = torch.max(probabilities, dim=0)
-        return {"label": self.classifier.labels[int(index)], "score": round(float(score), 6)}
+        index = int(probabilities.argmax())
+        return {"label": self.classifier.labels[index], "score": round(float(probabilities[index]), 6)}
 
 
 def main(argv=None) -> None:

@@ -47,13 +47,17 @@ def summarise(latencies_ms, count: int, errors: int, wall_s: float, client_cpu_s
 
 
 def run_locust(url: str, payload_list: Path, count: int, concurrency: int, record: Path,
-               timeout: float = 1800) -> LoadResult:
-    """Closed loop: ``concurrency`` users, ``count`` requests in all, spawned at once."""
+               timeout: float = 1800, batch_files: int = 0) -> LoadResult:
+    """Closed loop: ``concurrency`` users, ``count`` requests in all, spawned at once.
+
+    ``batch_files`` > 0: each request is a POST /predict/batch of that many images.
+    """
     command = [
         str(Path(sys.executable).parent / "locust"), "-f", str(LOCUSTFILE), "--headless",
         "--host", url, "--users", str(concurrency), "--spawn-rate", str(concurrency),
         "--payload-list", str(payload_list), "--request-count", str(count), "--record", str(record),
         "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0",
+        "--batch-files", str(batch_files),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log_path = record.with_suffix(".log")

@@ -17,13 +17,15 @@ import gevent
 from locust import FastHttpUser, events, task
 from locust.exception import StopUser
 
-from bench.http_form import multipart_body
+from bench.http_form import multipart_files
 
 @events.init_command_line_parser.add_listener
 def add_arguments(parser):
     parser.add_argument("--payload-list", help="a file naming one image path per line")
     parser.add_argument("--request-count", type=int, default=100, help="requests in all")
     parser.add_argument("--record", help="where to write every request's timing (JSON)")
+    parser.add_argument("--batch-files", type=int, default=0,
+                        help="0: POST /predict, one image a request; N: POST /predict/batch, N images a request")
 
 
 class Plan:
@@ -41,12 +43,14 @@ class Plan:
         self.cpu_started = time.process_time()
         self.cpu_seconds = 0.0
 
-    def next_payload(self):
+    def next_payload(self, images: int = 1):
+        """The next request's image, or its ``images`` images for a batch; None when all are sent."""
         if self.issued >= self.count:
             return None
-        body = self.payloads[self.issued % len(self.payloads)]
+        first = self.issued * images
+        chosen = [self.payloads[(first + i) % len(self.payloads)] for i in range(images)]
         self.issued += 1
-        return body
+        return chosen
 
 
 plan: Plan | None = None
@@ -86,8 +90,10 @@ class ImageUploader(FastHttpUser):
 
     @task
     def predict(self):
-        payload = plan.next_payload()
-        if payload is None:
+        batch_files = self.environment.parsed_options.batch_files
+        payloads = plan.next_payload(max(1, batch_files))
+        if payloads is None:
             raise StopUser()
-        body, content_type = multipart_body(*payload)
-        self.client.post("/predict", data=body, headers={"Content-Type": content_type}, name="/predict")
+        body, content_type = multipart_files(payloads)
+        path = "/predict/batch" if batch_files else "/predict"
+        self.client.post(path, data=body, headers={"Content-Type": content_type}, name=path)

@@ -6,7 +6,9 @@
 
 Each server runs alone: start it, time its cold start, warm it up, then for each concurrency
 a closed loop of ``--requests`` data-set JPEGs and, at concurrency 1, ``--big-requests``
-of each 12 MP JPEG, while its processes' memory is sampled; then stop it.
+of each 12 MP JPEG, and for ours ``--batch-requests`` 16-image POST /predict/batch at
+concurrency 2, while its processes' memory is sampled; then stop it. ``--baseline REV``
+also runs our service as it was at a git revision, to compare a change with what it replaces.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CONTENDERS = {"ours": servers.ours, "ours-direct": servers.ours_direct, "ours-torchscript": servers.ours_torchscript,
               "reference": servers.reference, "litserve": servers.litserve}
 WARMUP_REQUESTS = 10
+# POST /predict/batch, ours only (the others have no such route): MAX_BATCH_FILES' default,
+# the largest batch a client may send, from one client per worker, so that the memory peak
+# includes both workers in a batch at once.
+BATCH_FILES = 16
+BATCH_CONCURRENCY = 2
+BATCH_WORKLOAD = f"batch{BATCH_FILES}"
 BATCH_SIZES = (1, 2, 4, 8)  # the floor also times the forward pass alone at these
 
 
@@ -45,9 +53,10 @@ def run_floor(model: Path, threads: int, plan: list[tuple[str, Path, int]], work
     return json.loads(out.read_text())
 
 
-def run_contender(name: str, model: Path, plan: list[tuple[str, Path, int, int]], probe: Path, work: Path) -> dict:
+def run_contender(name: str, model: Path, plan: list[tuple[str, Path, int, int, int]], probe: Path, work: Path,
+                  make=None) -> dict:
     port = servers.free_port()
-    contender = CONTENDERS[name](port, model)
+    contender = (make or CONTENDERS[name])(port, model)
     print(f"[bench] {contender.title}: starting", flush=True)
     with servers.serve(contender, port, work / f"{name}-server.log", probe) as running:
         print(f"[bench] {contender.title}: ready in {running.cold_start_s:.2f}s", flush=True)
@@ -55,9 +64,9 @@ def run_contender(name: str, model: Path, plan: list[tuple[str, Path, int, int]]
         run_locust(running.url, plan[0][1], WARMUP_REQUESTS, 2, work / f"{name}-warmup.json")
         runs = []
         with running.memory as memory:
-            for workload, payload_list, count, concurrency in plan:
+            for workload, payload_list, count, concurrency, batch_files in plan:
                 record = work / f"{name}-{workload}-c{concurrency}.json"
-                result = run_locust(running.url, payload_list, count, concurrency, record)
+                result = run_locust(running.url, payload_list, count, concurrency, record, batch_files=batch_files)
                 print(f"[bench] {contender.title}: {workload} c={concurrency}: "
                       f"{result.throughput_rps:.1f} req/s, p50 {result.p50_ms:.1f} ms, "
                       f"{result.errors} errors", flush=True)
@@ -120,8 +129,12 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="data-set requests per concurrency")
     parser.add_argument("--big-requests", type=int, default=30, help="requests per 12 MP JPEG")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--batch-requests", type=int, default=30,
+                        help=f"POST /predict/batch requests of {BATCH_FILES} images (ours only)")
     parser.add_argument("--contenders", nargs="+", default=["floor", *CONTENDERS],
                         choices=["floor", *CONTENDERS])
+    parser.add_argument("--baseline", metavar="REVISION",
+                        help="also run our service as it was at this git revision (contender ours-before)")
     args = parser.parse_args(argv)
     try:
         data_set = find_data_set(args.data)
@@ -137,7 +150,9 @@ def main(argv=None) -> int:
         "load_average_start": os.getloadavg(),
         "model": {"file": model.name, **read_meta(model)},
         "settings": {"requests": args.requests, "big_requests": args.big_requests,
-                     "concurrency": args.concurrency, "warmup_requests": WARMUP_REQUESTS},
+                     "concurrency": args.concurrency, "warmup_requests": WARMUP_REQUESTS,
+                     "batch_requests": args.batch_requests, "batch_files": BATCH_FILES,
+                     "batch_concurrency": BATCH_CONCURRENCY},
         "floor": {},  # on the engine our service picks by default: the targets' floor
         "floor_torchscript": {},  # on the engine the reference app and LitServe run
         "servers": {},
@@ -146,6 +161,7 @@ def main(argv=None) -> int:
         work = Path(scratch)
         workloads = build_workloads(work / "images", data_set)
         results["workloads"] = {name: w.title for name, w in workloads.items()}
+        results["workloads"][BATCH_WORKLOAD] = f"POST /predict/batch of {BATCH_FILES} data-set JPEGs (ours only)"
         lists = {name: w.write_list(work) for name, w in workloads.items()}
         big = [name for name in workloads if name != "dataset"]
         if "floor" in args.contenders:
@@ -156,11 +172,17 @@ def main(argv=None) -> int:
                 results["floor"][str(threads)] = run_floor(model, threads, floor_plan, work)
                 print(f"[bench] floor, TorchScript, {threads} thread(s)", flush=True)
                 results["floor_torchscript"][str(threads)] = run_floor(model, threads, floor_plan, work, "torchscript")
-        plan = [("dataset", lists["dataset"], args.requests, c) for c in args.concurrency] + [
-            (name, lists[name], args.big_requests, 1) for name in big]
+        plan = [("dataset", lists["dataset"], args.requests, c, 0) for c in args.concurrency] + [
+            (name, lists[name], args.big_requests, 1, 0) for name in big]
+        batches = [(BATCH_WORKLOAD, lists["dataset"], args.batch_requests, BATCH_CONCURRENCY, BATCH_FILES)]
         probe = workloads["dataset"].files[0]
         for name in (n for n in CONTENDERS if n in args.contenders):
-            results["servers"][name] = run_contender(name, model, plan, probe, work)
+            ours = name.startswith("ours") and args.batch_requests > 0
+            results["servers"][name] = run_contender(name, model, plan + (batches if ours else []), probe, work)
+        if args.baseline:
+            results["servers"]["ours-before"] = run_contender(
+                "ours-before", model, plan + (batches if args.batch_requests > 0 else []), probe, work,
+                make=servers.ours_at(args.baseline))
     results["load_average_end"] = os.getloadavg()
 
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

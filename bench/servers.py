@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # Settings of ours that the caller's shell might hold; the benchmark serves the defaults.
 _OUR_SETTINGS = ("WEB_CONCURRENCY", "TORCH_THREADS", "GUNICORN_TIMEOUT", "MAX_REQUESTS", "MODEL_PATH",
-                 "INFERENCE_ENGINE", "ONNX_MODEL_PATH", "RATE_LIMIT", "RATE_LIMIT_BURST", "CONNECTION_LIMIT",
-                 "CLIENT_TIMEOUT", "TRUSTED_PROXIES", "NGINX_WORKERS", "LISTEN_ADDRESS")
+                 "INFERENCE_ENGINE", "ONNX_MODEL_PATH", "VERIFIED_COPIES_DIR", "RATE_LIMIT", "RATE_LIMIT_BURST",
+                 "CONNECTION_LIMIT", "CLIENT_TIMEOUT", "TRUSTED_PROXIES", "NGINX_WORKERS", "LISTEN_ADDRESS")
 # All the load comes from one address, so the front's per-client limits would measure
 # themselves: off here (docs/front.md says what they cost a client under them: nothing).
 NO_CLIENT_LIMITS = {"RATE_LIMIT": "0", "CONNECTION_LIMIT": "0"}
@@ -105,6 +105,29 @@ def ours_torchscript(port: int, model: Path) -> Contender:
     contender.env["INFERENCE_ENGINE"] = "torchscript"
     contender.name, contender.title = "ours-torchscript", "ours, TorchScript engine"
     contender.config = "the Procfile's `web` command, INFERENCE_ENGINE=torchscript"
+    return contender
+
+
+def ours_at(revision: str):
+    """Our service as it was at ``revision`` (e.g. before a change), its Procfile, the same model.
+
+    The tree is ``git archive``d into a scratch directory, so the working tree is not touched.
+    """
+    commit = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.strip()
+
+    def contender(port: int, model: Path) -> Contender:
+        scratch = Path(tempfile.mkdtemp(prefix=f"ours-at-{commit}-")).resolve()
+        archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(scratch)], input=archive.stdout, check=True)
+        baseline = ours(port, model)
+        web = next(line.partition(":")[2].strip() for line in (scratch / "Procfile").read_text().splitlines()
+                   if line.partition(":")[0].strip() == "web")
+        baseline.command = ["sh", "-c", "exec " + web.replace("0.0.0.0:$PORT", f"127.0.0.1:{port}")]
+        baseline.name, baseline.title, baseline.cwd, baseline.scratch = "ours-before", f"ours at {commit}", scratch, scratch
+        baseline.config = f"the Procfile's `web` command at commit {commit}, defaults (engine: auto)"
+        return baseline
+
     return contender
 
 

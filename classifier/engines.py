@@ -1,26 +1,25 @@
 """What runs the forward pass: the TorchScript file itself, or ONNX Runtime on its ONNX copy.
 
-``model.zip`` is the contract and the source of truth: it is always loaded and checked.
-On this project's CPUs ONNX Runtime runs the same network about three times faster than
-TorchScript (docs/model-variants.md), with the same answers, so where a verified ONNX copy
-of the served model sits beside it (``model.onnx``, made by ``python -m training.variants``
-and named by its manifest), the service runs that copy instead. "Verified" means the
-manifest names the served file by its SHA-256 and both engines agree on a smoke batch;
-otherwise the service keeps TorchScript and logs why.
+``model.zip`` is the contract and the source of truth. On this project's CPUs ONNX Runtime
+runs the same network about three times faster than TorchScript (docs/model-variants.md),
+with the same answers, and a worker that needs no torch holds far less memory
+(docs/memory.md). So where a verified ONNX copy of the served model sits beside it
+(``model.onnx``, made by ``python -m training.variants`` and named by its manifest), the
+service runs that copy instead; ``classifier/verified_copy.py`` says what "verified" means
+and where it is checked.
+
+Both engines take a float32 N×3×224×224 array in [0, 1] and return N×C logits, as numpy
+arrays: nothing here imports torch unless the TorchScript engine is built.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from .device_model import load_device_model
-from .errors import DeviceModelUnavailable, ModelContractError
-from .model import LoadedModel, smoke_batch
-
-log = logging.getLogger(__name__)
+from . import memory
+from .model import LoadedModel
 
 ENGINES = ("auto", "onnxruntime", "torchscript")
 # Largest difference in any class probability between the two engines that still counts as
@@ -34,13 +33,18 @@ class TorchScriptEngine:
     name = "torchscript"
 
     def __init__(self, model: LoadedModel):
+        import torch  # only this engine needs it
+
+        self.torch = torch
         self.module = model.module
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
         # Channels-last is the order oneDNN's convolutions work in: the same numbers, and
         # torch need not reorder each layer's input.
         with torch.inference_mode():
-            return self.module(batch.contiguous(memory_format=torch.channels_last))
+            logits = self.module(torch.from_numpy(batch).contiguous(memory_format=torch.channels_last))
+        return logits.float().numpy()
 
 
 class OnnxRuntimeEngine:
@@ -64,51 +68,18 @@ class OnnxRuntimeEngine:
         options.enable_cpu_mem_arena = False
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        # A batch's buffers go back to the system once freed; building the session left freed
+        # heap behind (the parsed file, graph rewrites), which goes back now.
+        memory.return_large_blocks_to_the_system()
+        memory.trim_heap()
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        (logits,) = self.session.run(None, {self.input_name: batch.contiguous().numpy()})
-        return torch.from_numpy(logits)
-
-
-def choose_engine(model: LoadedModel, setting: str, onnx_path: str | Path | None, threads: int):
-    """The engine ``setting`` asks for; with ``auto``, ONNX Runtime where a verified copy exists.
-
-    ``onnxruntime`` insists, and a copy that is missing or disagrees stops start-up with the
-    reason; ``auto`` falls back to TorchScript and logs the reason.
-    """
-    if setting not in ENGINES:
-        raise ValueError(f"INFERENCE_ENGINE must be one of {', '.join(ENGINES)}, not {setting!r}")
-    torchscript = TorchScriptEngine(model)
-    if setting == "torchscript":
-        return torchscript
-    try:
-        return _verified_onnx_engine(model, onnx_path, threads, torchscript)
-    except (DeviceModelUnavailable, ModelContractError, ImportError) as refusal:
-        reason = getattr(refusal, "message", str(refusal))
-        if setting == "onnxruntime":
-            raise ModelContractError(f"INFERENCE_ENGINE=onnxruntime, but {reason}") from refusal
-        log.info("serving with TorchScript: %s", reason)
-        return torchscript
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        return logits
 
 
-def _verified_onnx_engine(model: LoadedModel, onnx_path, threads: int, reference: TorchScriptEngine):
-    if not onnx_path:
-        raise DeviceModelUnavailable("no ONNX copy is configured (ONNX_MODEL_PATH is empty).")
-    copy = load_device_model(onnx_path, model.path)  # the manifest names the served file
-    engine = OnnxRuntimeEngine(copy.path, threads)
-    smoke = smoke_batch()
-    expected = torch.softmax(reference(smoke).float(), dim=1)
-    try:
-        got = torch.softmax(engine(smoke).float(), dim=1)
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise ModelContractError(f"{copy.path} failed on a smoke batch: {exc}") from exc
-    if got.shape != expected.shape:
-        raise ModelContractError(f"{copy.path} gives {tuple(got.shape)} outputs, the model {tuple(expected.shape)}.")
-    difference = float((got - expected).abs().max())
-    if difference > AGREEMENT_TOLERANCE:
-        raise ModelContractError(
-            f"{copy.path} disagrees with {model.path} on a smoke batch (max |Δp| {difference:.1e})."
-        )
-    for _ in range(3):  # the first ONNX Runtime calls are slow too
-        engine(smoke[:1])
-    return engine
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities from N×C logits, row by row (in float64, so rounding stays far below 1e-6)."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=1, keepdims=True)

@@ -12,7 +12,6 @@ import warnings
 from typing import Iterable
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import EmptyInput, ImageTooLarge, NotAnImage, UnsupportedImageType
@@ -151,11 +150,12 @@ def resize_for_model(image: Image.Image) -> Image.Image:
     return image.resize(INPUT_SIZE, Image.Resampling.BILINEAR, reducing_gap=3.0)
 
 
-def to_tensor(images: Iterable[Image.Image]) -> torch.Tensor:
-    """Stack RGB images of the model's size into an N×3×224×224 float tensor in [0, 1]."""
+def to_batch(images: Iterable[Image.Image]) -> np.ndarray:
+    """Stack RGB images of the model's size into an N×3×224×224 float32 array in [0, 1]."""
     arrays = [np.asarray(resize_for_model(image), dtype=np.uint8) for image in images]
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    return batch.to(torch.float32).div_(255.0)
+    batch = np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32, order="C")
+    batch /= 255.0
+    return batch
 
 
 def load_image_file(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

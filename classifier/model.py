@@ -2,6 +2,10 @@
 
 Loading runs code from the file (TorchScript is a program), so only trusted files from
 disk are ever loaded; nothing here accepts a model over the network.
+
+torch is imported by the functions that load or run the file, not by this module: a worker
+that serves the verified ONNX copy (classifier/verified_copy.py) reads what it needs about
+the model from here without ever importing torch (docs/memory.md).
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
+import numpy as np
 
 from .errors import ModelContractError
 from .images import INPUT_SIZE
@@ -27,7 +32,7 @@ QUANTIZED_ENGINE = "quantized_engine"
 class LoadedModel:
     """A checked, warmed-up model and what it says about itself."""
 
-    module: torch.jit.ScriptModule | None  # None once another engine answers for it
+    module: Any  # the torch.jit.ScriptModule; None where another engine answers for it
     labels: tuple[str, ...]
     meta: dict = field(default_factory=dict)
     path: str = ""
@@ -55,6 +60,8 @@ class LoadedModel:
 
 def load_model(path: str | Path, warmup_runs: int = 3) -> LoadedModel:
     """Load, check and warm up a model file; raise ``ModelContractError`` if it is unfit."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise ModelContractError(f"Model file not found: {path}")
@@ -98,6 +105,8 @@ def _use_quantized_engine(meta: dict, path: Path) -> None:
     engine = meta.get(QUANTIZED_ENGINE)
     if not engine:
         return
+    import torch
+
     if engine not in torch.backends.quantized.supported_engines:
         raise ModelContractError(
             f"{path} is an int8 model for the {engine!r} quantized engine, which this torch "
@@ -133,10 +142,9 @@ def _read_meta(raw, path: Path) -> dict:
     return meta
 
 
-def smoke_batch(count: int = 2) -> torch.Tensor:
-    """Fixed pseudo-random images in [0, 1]: the same input on every run and machine."""
-    generator = torch.Generator().manual_seed(0)
-    return torch.rand(count, 3, *INPUT_SIZE, generator=generator)
+def smoke_batch(count: int = 2) -> np.ndarray:
+    """Fixed pseudo-random images in [0, 1], float32 N×3×224×224: the same on every run and machine."""
+    return np.random.default_rng(0).random((count, 3, *INPUT_SIZE), dtype=np.float32)
 
 
 def _check_forward(module, labels, path: Path, runs: int) -> None:
@@ -144,7 +152,9 @@ def _check_forward(module, labels, path: Path, runs: int) -> None:
 
     The same runs warm the model up, since the first TorchScript calls are slow.
     """
-    smoke = smoke_batch()
+    import torch
+
+    smoke = torch.from_numpy(smoke_batch())
     with torch.inference_mode():
         for _ in range(runs):
             try:

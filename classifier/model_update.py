@@ -7,7 +7,9 @@ meanwhile wait in the listening socket's backlog until a new worker accepts them
 
 What gunicorn does not do is protect us from a bad file: a new worker that fails to boot
 makes the master halt the whole server (exit code 3, "Worker failed to boot"). So the file
-is checked *before* it takes MODEL_PATH's place, and it takes it with one rename, so a
+is checked *before* it takes MODEL_PATH's place, by the very check a worker runs with the
+server's settings (``Classifier.setup``: with ``INFERENCE_ENGINE=onnxruntime`` a model that
+its ONNX copy was not made from is refused, as a worker would refuse it), and it takes it with one rename, so a
 worker that starts at any moment (a reload, a recycled or crashed worker) reads either the
 old file or the new one, whole, and never a half-copied one.
 """
@@ -21,27 +23,28 @@ import shutil
 from pathlib import Path
 
 from .errors import ModelContractError
-from .images import DEFAULT_MAX_PIXELS
-from .model import LoadedModel
 from .pipeline import Classifier
 
 
-def check_model_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Classifier:
-    """Everything a worker checks when it loads ``path``; raises ``ModelContractError``."""
+def check_model_file(path: str | Path, **serving) -> Classifier:
+    """Everything a worker checks when it loads ``path``; raises ``ModelContractError``.
+
+    ``serving`` are the server's settings, as ``Classifier.setup`` takes them (engine,
+    ONNX copy, ...); without them, the TorchScript path's checks alone.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelContractError(f"Model file not found: {path}")
-    return Classifier.setup(path, max_pixels=max_pixels)
+    return Classifier.setup(path, **serving)
 
 
-def install_model(
-    candidate: str | Path, served: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> LoadedModel:
+def install_model(candidate: str | Path, served: str | Path, **serving) -> Classifier:
     """Check ``candidate`` and put it in place of ``served`` with one atomic rename.
 
     A copy next to ``served`` is what gets checked and renamed: the bytes checked are the
     bytes served, even if ``candidate`` changes meanwhile, and the rename stays on one file
-    system. On any failure ``served`` is left as it was.
+    system. On any failure ``served`` is left as it was. ``serving`` as for
+    ``check_model_file``; the classifier that passed the check is returned.
     """
     candidate, served = Path(candidate), Path(served)
     if not candidate.is_file():
@@ -51,14 +54,15 @@ def install_model(
         shutil.copyfile(candidate, staged)
         _flush_to_disk(staged)
         try:
-            model = check_model_file(staged, max_pixels=max_pixels).model
+            classifier = check_model_file(staged, **serving)
         except ModelContractError as error:  # name the file the caller gave, not the copy
             raise ModelContractError(str(error).replace(str(staged), str(candidate))) from error
         os.replace(staged, served)
         _flush_to_disk(served.parent)
     finally:
         staged.unlink(missing_ok=True)
-    return dataclasses.replace(model, path=str(served))
+    classifier.model = dataclasses.replace(classifier.model, path=str(served))
+    return classifier
 
 
 def gunicorn_master_pid(pid: int | None = None, pidfile: str | Path | None = None) -> int:

@@ -7,24 +7,30 @@ Modelled on LitServe's LitAPI. The web layer and the CLI call ``classify`` and
 from __future__ import annotations
 
 import io
+import logging
 import math
+import os
 import re
 import time
-import ctypes
-import dataclasses
-import gc
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import torch
+import numpy as np
 from PIL import Image
 
-from .engines import TorchScriptEngine, choose_engine
-from .errors import InputError, InvalidParameter, ModelContractError
-from .images import DEFAULT_MAX_PIXELS, INPUT_SIZE, decode_image, resize_for_model, to_tensor
+from .engines import ENGINES, TorchScriptEngine, softmax
+from .errors import DeviceModelUnavailable, InputError, InvalidParameter, ModelContractError
+from .images import DEFAULT_MAX_PIXELS, INPUT_SIZE, decode_image, resize_for_model, to_batch
 from .model import LoadedModel, load_model
+from .verified_copy import CheckStore, serve_verified_copy
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
+# A batch request's images go through the model this many at a time: a forward pass's
+# memory grows with its images, and with one thread per worker (the default) larger passes
+# gain nothing per image on this model (docs/memory.md; bench/RESULTS.md, micro-batching).
+IMAGES_PER_FORWARD = 1
 
 # Plain ASCII digits only: int() would also take " 3", "0_1" and non-Latin digits.
 _TOP_K_PATTERN = re.compile(r"[0-9]{1,6}")
@@ -57,12 +63,14 @@ class Classifier:
         model: LoadedModel,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         on_inference: InferenceObserver | None = None,
-        engine: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        engine: Callable[[np.ndarray], np.ndarray] | None = None,
+        engine_reason: str = "",
     ):
         self.model = model
         self.max_pixels = max_pixels
         self.on_inference = on_inference
         self.engine = engine or TorchScriptEngine(model)
+        self.engine_reason = engine_reason  # why this engine serves, for the log and /health
 
     @classmethod
     def setup(
@@ -72,31 +80,47 @@ class Classifier:
         threads: int | None = None,
         engine: str = "torchscript",
         onnx_path=None,
+        check_store=None,
     ):
-        """Load, check and warm up the model once per process; ``threads`` caps torch's pool.
+        """Load, check and warm up the model once per process; ``threads`` sizes the engine's pool.
 
-        ``engine`` picks what runs the forward pass (``classifier.engines``): ``auto`` runs
-        a verified ONNX copy at ``onnx_path`` where there is one. Raises
-        ``ModelContractError`` for a file that must not be served. Workers and the
-        ``check-model`` command both come through here, so both apply the same checks.
+        ``engine`` picks what runs the forward pass (``classifier.engines``): ``auto`` serves a
+        verified ONNX copy at ``onnx_path`` where there is one, without importing torch
+        (``classifier.verified_copy``; ``check_store`` is where the checks are recorded), and
+        otherwise TorchScript; ``onnxruntime`` insists on the copy. Raises
+        ``ModelContractError`` for a file that must not be served. Workers, ``check-model``
+        and ``swap-model`` all come through here, so all apply the same checks.
         """
-        if threads:
+        if engine not in ENGINES:
+            raise ValueError(f"INFERENCE_ENGINE must be one of {', '.join(ENGINES)}, not {engine!r}")
+        threads = threads or os.cpu_count() or 1
+        served = None
+        if engine != "torchscript":
+            try:
+                served = serve_verified_copy(model_path, onnx_path, threads, CheckStore(check_store))
+            except DeviceModelUnavailable as refusal:
+                if engine == "onnxruntime":
+                    raise ModelContractError(f"INFERENCE_ENGINE=onnxruntime, but {refusal.message}") from refusal
+                reason = refusal.message
+        else:
+            reason = "INFERENCE_ENGINE=torchscript"
+        if served:
+            model, chosen, check = served
+            reason = check.reason
+        else:
+            import torch  # the TorchScript path: the only one that needs it
+
             torch.set_num_threads(threads)
-        model = load_model(model_path)
-        chosen = choose_engine(model, engine, onnx_path, threads or torch.get_num_threads())
-        if chosen.name != TorchScriptEngine.name:
-            # The TorchScript module was the reference the copy was checked against; nothing
-            # runs it now, and it holds about 30 MB of each worker.
-            model = dataclasses.replace(model, module=None)
-            gc.collect()
-            _give_freed_memory_back()
-        classifier = cls(model, max_pixels=max_pixels, engine=chosen)
+            model = load_model(model_path)
+            chosen = TorchScriptEngine(model)
+        log.info("serving with %s: %s", "ONNX Runtime" if served else "TorchScript", reason)
+        classifier = cls(model, max_pixels=max_pixels, engine=chosen, engine_reason=reason)
         classifier.smoke_test()
         return classifier
 
     def describe(self) -> dict:
         """The model's metadata, and which engine serves it."""
-        return {**self.model.describe(), "engine": self.engine.name}
+        return {**self.model.describe(), "engine": self.engine.name, "engine_reason": self.engine_reason}
 
     def smoke_test(self) -> Prediction:
         """Classify a generated image end to end (decode, resize, model, softmax, encode).
@@ -107,7 +131,7 @@ class Classifier:
         # Our own image, so not subject to the upload limit (max_pixels may be set tiny).
         probabilities = self.predict([decode_image(smoke_image_bytes())])[0]
         total = float(probabilities.sum())
-        if not torch.isfinite(probabilities).all() or not math.isclose(total, 1.0, abs_tol=1e-3):
+        if not np.isfinite(probabilities).all() or not math.isclose(total, 1.0, abs_tol=1e-3):
             raise ModelContractError(
                 f"{self.model.path}: the smoke image gave probabilities that are not finite "
                 f"or do not sum to 1 (sum {total})."
@@ -133,22 +157,20 @@ class Classifier:
     def decode(self, data: bytes) -> Image.Image:
         return decode_image(data, max_pixels=self.max_pixels)
 
-    def predict(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    def predict(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Class probabilities, N×C, for already-decoded images."""
-        batch = to_tensor(images)
+        batch = to_batch(images)
         started = time.perf_counter()
         logits = self.engine(batch)
         if self.on_inference:
             self.on_inference(time.perf_counter() - started, len(images))
-        return torch.softmax(logits.float(), dim=1)
+        return softmax(logits)
 
-    def encode(self, probabilities: torch.Tensor, top_k: int | None = None) -> Prediction:
-        scores, indices = torch.topk(probabilities, k=top_k or self.parse_top_k(None))
-        return Prediction(
-            top=tuple(
-                (self.labels[int(i)], round(float(s), 6)) for s, i in zip(scores, indices)
-            )
-        )
+    def encode(self, probabilities: np.ndarray, top_k: int | None = None) -> Prediction:
+        k = top_k or self.parse_top_k(None)
+        # Stable, so classes of equal probability keep the labels' order on every engine.
+        best = np.argsort(-probabilities, kind="stable")[:k]
+        return Prediction(top=tuple((self.labels[int(i)], round(float(probabilities[i]), 6)) for i in best))
 
     def classify(self, data: bytes, top_k: int | None = None) -> Prediction:
         """Bytes of one image in, its prediction out; raises ``InputError`` on bad input."""
@@ -158,7 +180,7 @@ class Classifier:
     def classify_many(
         self, items: Sequence[bytes], top_k: int | None = None
     ) -> list[Prediction | InputError]:
-        """Classify several images in one forward pass; a bad item yields its error in place."""
+        """Classify several images, a few per forward pass; a bad item yields its error in place."""
         results: list[Prediction | InputError | None] = [None] * len(items)
         decoded, positions = [], []
         for position, data in enumerate(items):
@@ -169,9 +191,9 @@ class Classifier:
                 positions.append(position)
             except InputError as error:
                 results[position] = error
-        if decoded:
-            probabilities = self.predict(decoded)
-            for row, position in enumerate(positions):
+        for start in range(0, len(decoded), IMAGES_PER_FORWARD):
+            probabilities = self.predict(decoded[start : start + IMAGES_PER_FORWARD])
+            for row, position in enumerate(positions[start : start + IMAGES_PER_FORWARD]):
                 results[position] = self.encode(probabilities[row], top_k)
         return results
 
@@ -185,14 +207,3 @@ def smoke_image_bytes() -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _give_freed_memory_back() -> None:
-    """Return the heap that glibc keeps after a free to the system (nothing elsewhere).
-
-    Without it the freed TorchScript module stays in the worker's RSS as idle heap.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl)
-        pass

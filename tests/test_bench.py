@@ -30,7 +30,8 @@ def bench_run(tiny_model_path, tmp_path_factory, data_dir):
     export_onnx(model, out / "tiny.onnx")
     command = [sys.executable, "-m", "bench.run", "--out", str(out), "--model", str(model),
                "--data", str(data_dir / "ucmerced"),
-               "--requests", "6", "--big-requests", "2", "--concurrency", *map(str, CONCURRENCY)]
+               "--requests", "6", "--big-requests", "2", "--batch-requests", "2", "--concurrency", *map(str, CONCURRENCY),
+               "--baseline", "HEAD"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, json.loads((out / "results.json").read_text())
@@ -38,10 +39,11 @@ def bench_run(tiny_model_path, tmp_path_factory, data_dir):
 
 def test_every_contender_ran_every_load_without_errors(bench_run):
     _, results = bench_run
-    assert set(results["servers"]) == {"ours", "ours-direct", "ours-torchscript", "reference", "litserve"}
+    assert set(results["servers"]) == {"ours", "ours-direct", "ours-before", "ours-torchscript", "reference", "litserve"}
     for name, server in results["servers"].items():
         loads = {(run["workload"], run["concurrency"]) for run in server["runs"]}
-        assert loads == {("dataset", c) for c in CONCURRENCY} | {("12mp", 1), ("12mp-detailed", 1)}, name
+        batches = {("batch16", 2)} if name.startswith("ours") else set()  # the others have no batch route
+        assert loads == {("dataset", c) for c in CONCURRENCY} | {("12mp", 1), ("12mp-detailed", 1)} | batches, name
         for run in server["runs"]:
             assert run["errors"] == 0, (name, run)
             assert run["requests"] == (6 if run["workload"] == "dataset" else 2)
@@ -60,10 +62,15 @@ def test_results_md_has_the_targets_every_row_and_the_plot(bench_run):
     text = (out / "RESULTS.md").read_text()
     assert "## Ours against the targets" in text and "machine's limit" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    for title in ("ours (Procfile, behind nginx)", "ours, gunicorn direct (no nginx)", "ours, TorchScript engine",
-                  "reference app", "LitServe"):
+    baseline = results["servers"]["ours-before"]["title"]
+    for title in ("ours (Procfile, behind nginx)", "ours, gunicorn direct (no nginx)", baseline,
+                  "ours, TorchScript engine", "reference app", "LitServe"):
         assert sum(row.startswith(f"| {title} | dataset |") for row in rows) == len(CONCURRENCY)
         assert any(row.startswith(f"| {title} | 12mp |") for row in rows)
+    assert any(row.startswith("| ours (Procfile, behind nginx) | batch16 | 2 |") for row in rows)
+    for target in ("the whole server ≤ 350 MB RSS", "cold start ≤ 5 s"):
+        assert any(target in row and "not measured" not in row for row in rows), target
+    assert any("not below today's" in row for row in rows)  # measured at concurrency 4, not run here
     assert sum(row.startswith("| floor (onnxruntime), ") for row in rows) == 3 * len(results["floor"])
     assert sum(row.startswith("| floor (torchscript), ") for row in rows) == 3 * len(results["floor_torchscript"])
     assert "**The front** (nginx in front of gunicorn" in text

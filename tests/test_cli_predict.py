@@ -10,11 +10,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import image_bytes
+from .conftest import ROOT, image_bytes
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -112,3 +116,28 @@ def test_output_file_and_bad_options(runner, images, tmp_path):
         result = predict(runner, images / "red.png", *bad)
         assert result.exit_code == 2, (bad, result.output)  # a usage error, said on stderr
     assert "'top' must be from 1 to 3" in predict(runner, images / "red.png", "--top", "4").stderr
+
+
+def test_the_shipped_model_on_the_lean_path_without_torch_and_with_torchscripts_answers(data_dir, tmp_path):
+    """The command in its own process, as a person runs it: ONNX Runtime on the verified copy."""
+    folders = [data_dir / "ucmerced" / cls for cls in ("airplane", "beach", "river")]
+    environment = {**os.environ, "MODEL_PATH": str(ROOT / "model.zip"), "ONNX_MODEL_PATH": str(ROOT / "model.onnx"),
+                   "VERIFIED_COPIES_DIR": str(tmp_path / "checks")}
+
+    def run(engine: str) -> subprocess.CompletedProcess:
+        # -X importtime lists every module the process imports, on stderr.
+        return subprocess.run([sys.executable, "-X", "importtime", "-m", "flask", "--app", "app", "predict",
+                               *map(str, folders), "--format", "jsonl", "--batch-size", "2", "--lanes", "2"],
+                              cwd=ROOT, env={**environment, "INFERENCE_ENGINE": engine},
+                              capture_output=True, text=True, timeout=300)
+
+    lean, torchscript = run("onnxruntime"), run("torchscript")
+    assert lean.returncode == torchscript.returncode == 0, lean.stderr[-2000:] + torchscript.stderr[-2000:]
+    assert not re.search(r"\|\s+torch(\.|$)", lean.stderr, re.MULTILINE), "the lean path imported torch"
+    assert re.search(r"\|\s+torch$", torchscript.stderr, re.MULTILINE)  # the check sees an import
+    lean_rows, torchscript_rows = ([json.loads(line) for line in run.stdout.splitlines()] for run in (lean, torchscript))
+    assert len(lean_rows) == sum(len(list(folder.glob("*.jpg"))) for folder in folders) >= 6
+    for a, b in zip(lean_rows, torchscript_rows, strict=True):
+        assert a["path"] == b["path"] and [t["label"] for t in a["top"]] == [t["label"] for t in b["top"]]
+        assert max(abs(x["score"] - y["score"]) for x, y in zip(a["top"], b["top"])) <= 1e-5
+        assert a["label"] == Path(a["path"]).parent.name

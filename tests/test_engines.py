@@ -1,4 +1,7 @@
-"""What runs the forward pass: ONNX Runtime on a verified ONNX copy, else TorchScript."""
+"""What runs the forward pass: ONNX Runtime on a verified ONNX copy, else TorchScript.
+
+How the copy is verified, and that the lean path never imports torch: tests/test_verified_copy.py.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +14,8 @@ import torch
 
 from app import create_app
 from classifier.device_model import file_sha256, manifest_path, model_identity
-from classifier.engines import choose_engine
 from classifier.errors import ModelContractError
 from classifier.export import export_model
-from classifier.model import load_model
 from classifier.pipeline import Classifier
 from training.onnx_variants import export_onnx
 
@@ -57,7 +58,7 @@ def test_auto_serves_a_verified_onnx_copy_with_the_same_answers(tiny_model_path,
 
 def test_an_onnx_served_worker_holds_no_idle_memory(tiny_model_path, tiny_onnx):
     classifier = Classifier.setup(tiny_model_path, threads=1, engine="auto", onnx_path=tiny_onnx)
-    assert classifier.model.module is None  # the TorchScript reference is freed once checked
+    assert classifier.model.module is None  # the TorchScript file was checked in another process
     assert classifier.engine.session.get_session_options().enable_cpu_mem_arena is False
     kept = Classifier.setup(tiny_model_path, threads=1, engine="auto", onnx_path=None)
     assert kept.model.module is not None  # the one that answers is kept
@@ -81,12 +82,12 @@ def test_auto_falls_back_to_torchscript_and_says_why(case, tiny_model_path, tiny
         onnx_path = impostor_onnx
     elif case == "not configured":
         onnx_path = None
-    with caplog.at_level(logging.INFO, logger="classifier.engines"):
+    with caplog.at_level(logging.INFO, logger="classifier.pipeline"):
         classifier = Classifier.setup(served, threads=1, engine="auto", onnx_path=onnx_path)
     assert classifier.engine.name == "torchscript"
     reason = {"missing": "does not exist", "other model": "another model", "impostor": "disagrees",
               "not configured": "ONNX_MODEL_PATH is empty"}[case]
-    assert reason in caplog.text
+    assert reason in caplog.text and reason in classifier.engine_reason
     assert classifier.classify(RED).top[0][0] == "red"
 
 
@@ -98,10 +99,11 @@ def test_onnxruntime_insists_and_stops_start_up_with_the_reason(tiny_model_path,
 
 
 def test_torchscript_is_kept_when_asked_for_even_with_a_copy(tiny_model_path, tiny_onnx):
-    model = load_model(tiny_model_path)
-    assert choose_engine(model, "torchscript", tiny_onnx, threads=1).name == "torchscript"
+    classifier = Classifier.setup(tiny_model_path, threads=1, engine="torchscript", onnx_path=tiny_onnx)
+    assert classifier.engine.name == "torchscript"
+    assert classifier.engine_reason == "INFERENCE_ENGINE=torchscript"
     with pytest.raises(ValueError, match="INFERENCE_ENGINE must be one of"):
-        choose_engine(model, "tensorrt", tiny_onnx, threads=1)
+        Classifier.setup(tiny_model_path, threads=1, engine="tensorrt", onnx_path=tiny_onnx)
 
 
 def test_a_copy_that_goes_stale_after_a_model_swap_is_not_served(tiny_model_v2_path, tiny_onnx, tmp_path):
@@ -116,11 +118,13 @@ def test_health_and_model_say_which_engine_serves(tiny_model_path, tiny_onnx):
     app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_model_path), "TORCH_THREADS": 1,
                       "ONNX_MODEL_PATH": str(tiny_onnx)})
     client = app.test_client()
-    assert client.get("/health").get_json()["engine"] == "onnxruntime"
+    health = client.get("/health").get_json()
+    assert health["engine"] == "onnxruntime" and "answers as tiny.zip does" in health["engine_reason"]
     assert client.get("/model").get_json()["engine"] == "onnxruntime"
     app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_model_path), "TORCH_THREADS": 1,
                       "ONNX_MODEL_PATH": str(tiny_onnx), "INFERENCE_ENGINE": "torchscript"})
-    assert app.test_client().get("/health").get_json()["engine"] == "torchscript"
+    health = app.test_client().get("/health").get_json()
+    assert health["engine"] == "torchscript" and health["engine_reason"] == "INFERENCE_ENGINE=torchscript"
 
 
 def test_an_unknown_engine_setting_stops_start_up(tiny_model_path):

@@ -6,11 +6,12 @@ import io
 import struct
 import zlib
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from classifier.errors import EmptyInput, ImageTooLarge, NotAnImage, UnsupportedImageType
-from classifier.images import INPUT_SIZE, decode_image, load_image_file, to_tensor
+from classifier.images import INPUT_SIZE, decode_image, load_image_file, to_batch
 
 from .conftest import image_bytes
 
@@ -162,11 +163,11 @@ def test_svg_is_unsupported():
         decode_image(svg)
 
 
-def test_to_tensor_resizes_and_scales_to_unit_range():
+def test_to_batch_resizes_and_scales_to_unit_range():
     images = [Image.new("RGB", (300, 200), RED), Image.new("RGB", (224, 224), (0, 0, 0))]
-    batch = to_tensor(images)
+    batch = to_batch(images)
     assert batch.shape == (2, 3, *INPUT_SIZE)
-    assert batch.dtype.is_floating_point
+    assert batch.dtype == np.float32 and batch.flags.c_contiguous
     assert float(batch[0, 0].mean()) == pytest.approx(1.0)
     assert float(batch[0, 1].max()) == pytest.approx(0.0)
     assert float(batch[1].max()) == 0.0

@@ -48,7 +48,7 @@ def test_check_refuses_a_missing_file(tmp_path):
 def test_install_replaces_the_served_file_with_the_checked_one(tmp_path, tiny_model_path, tiny_model_v2_path):
     served = tmp_path / "model.zip"
     shutil.copyfile(tiny_model_path, served)
-    model = install_model(tiny_model_v2_path, served)
+    model = install_model(tiny_model_v2_path, served).model
     assert model.version == "0.0.2" and model.path == str(served)
     assert served.read_bytes() == tiny_model_v2_path.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zip"]  # no staged copy left

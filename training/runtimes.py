@@ -25,7 +25,7 @@ class TorchScriptRuntime:
         self.run = TorchScriptEngine(load_model(path))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        return self.run(torch.from_numpy(batch)).float().numpy()
+        return self.run(batch)
 
 
 class OnnxRuntime:
@@ -37,7 +37,7 @@ class OnnxRuntime:
         self.run = OnnxRuntimeEngine(path, threads)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        return self.run(torch.from_numpy(batch)).numpy()
+        return self.run(batch)
 
 
 def probabilities(runtime, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:

@@ -69,7 +69,8 @@ def health():
     if classifier is None:
         return jsonify({"status": "loading"}), 503
     model = classifier.model
-    return jsonify({"status": "ok", "model": model.name, "version": model.version, "engine": classifier.engine.name})
+    return jsonify({"status": "ok", "model": model.name, "version": model.version,
+                    "engine": classifier.engine.name, "engine_reason": classifier.engine_reason})
 
 
 @api.get("/model")

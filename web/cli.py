@@ -10,7 +10,6 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import click
-import torch
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
@@ -40,16 +39,19 @@ def register_commands(app: Flask) -> None:
 def check_model_command(path: str) -> None:
     """Check that PATH can be served: it loads, meets the contract, classifies an image.
 
-    Exits 1 with the reason when it cannot. Nothing is served or replaced.
+    The check is the one a worker runs, with the server's settings (INFERENCE_ENGINE,
+    ONNX_MODEL_PATH, ...). Exits 1 with the reason when it cannot. Nothing is served or
+    replaced.
     """
     try:
-        classifier = check_model_file(path, max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
+        classifier = check_model_file(path, **classifier_options(current_app.config))
     except ModelContractError as error:
         raise click.ClickException(f"refused: {error}") from error
     model, smoke = classifier.model, classifier.smoke_test()
     click.echo(
         f"ok: {path} is {model.name} {model.version}, {len(model.labels)} classes; "
-        f"smoke image -> {smoke.top[0][0]} ({smoke.top[0][1]:.3f})"
+        f"smoke image -> {smoke.top[0][0]} ({smoke.top[0][1]:.3f}); "
+        f"workers would serve it with {classifier.engine.name} ({classifier.engine_reason})"
     )
 
 
@@ -65,7 +67,8 @@ def check_model_command(path: str) -> None:
 def swap_model_command(path: str, pid: int | None, pidfile: str | None) -> None:
     """Serve PATH without downtime: check it, replace MODEL_PATH atomically, reload gunicorn.
 
-    A file that fails the check is refused (exit 1) and MODEL_PATH is left untouched.
+    The check is the one a worker runs, with the server's settings (see check-model). A
+    file that fails it is refused (exit 1) and MODEL_PATH is left untouched.
     gunicorn then starts new workers on the new file and stops the old ones gracefully.
     """
     served = current_app.config["MODEL_PATH"]
@@ -75,13 +78,14 @@ def swap_model_command(path: str, pid: int | None, pidfile: str | None) -> None:
     except (ValueError, LookupError) as error:
         raise click.ClickException(str(error)) from error
     try:
-        model = install_model(path, served, max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
+        classifier = install_model(path, served, **classifier_options(current_app.config))
     except ModelContractError as error:
         raise click.ClickException(f"refused, {served} unchanged: {error}") from error
     reload_workers(master)
+    model = classifier.model
     click.echo(
-        f"swapped: {served} is now {model.name} {model.version}; gunicorn (pid {master}) is "
-        "replacing its workers. GET /health reports the version each worker serves."
+        f"swapped: {served} is now {model.name} {model.version}, served with {classifier.engine.name}; "
+        f"gunicorn (pid {master}) is replacing its workers. GET /health reports the version each worker serves."
     )
 
 
@@ -136,7 +140,6 @@ def predict_command(paths, output_format, output, top, batch_size, workers, lane
     if ray_address is None:
         if lanes and lanes > MAX_LOCAL_LANES:
             raise click.BadParameter(f"at most {MAX_LOCAL_LANES} on one machine (more with --ray).", param_hint="--lanes")
-        torch.set_num_threads(1)  # each lane is one core (see classify_files)
         lanes = lanes or current_app.config["TORCH_THREADS"]
         results = classify_files(classifier, files, batch_size=batch_size, top_k=top_k, workers=workers, lanes=lanes)
         _write_results(results, files, WRITERS[output_format](output, top_k), output)

@@ -371,6 +371,10 @@ def _components(app: Flask, labels: tuple[str, ...]) -> dict:
                     "model": {"type": "string"},
                     "version": {"type": "string"},
                     "engine": {"type": "string", "enum": ["onnxruntime", "torchscript"]},
+                    "engine_reason": {
+                        "type": "string",
+                        "description": "Why this engine serves: the check that verified the ONNX copy, or why there is none.",
+                    },
                 },
             },
             **_monitoring_schemas(label),
@@ -389,6 +393,7 @@ def _components(app: Flask, labels: tuple[str, ...]) -> dict:
                         "enum": ["onnxruntime", "torchscript"],
                         "description": "What runs the model: ONNX Runtime on the verified ONNX copy, or the TorchScript file.",
                     },
+                    "engine_reason": {"type": "string", "description": "Why this engine serves (as in GET /health)."},
                     "version": {"type": "string"},
                     "labels": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                     "num_classes": {"type": "integer", "minimum": 1},

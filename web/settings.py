@@ -80,6 +80,10 @@ def settings_from_env() -> dict:
         # ONNX_MODEL_PATH with ONNX Runtime where there is one, else the TorchScript file.
         "INFERENCE_ENGINE": os.environ.get("INFERENCE_ENGINE", "auto").strip().lower(),
         "ONNX_MODEL_PATH": os.environ.get("ONNX_MODEL_PATH", "model.onnx").strip(),
+        # Where the checks of the ONNX copy against MODEL_PATH are recorded, so that workers
+        # serve it without torch (classifier/verified_copy.py); empty: a directory of this
+        # user's under the system's temporary directory.
+        "VERIFIED_COPIES_DIR": os.environ.get("VERIFIED_COPIES_DIR", "").strip(),
         # Monitoring (docs/monitoring.md). Empty DATABASE_URL: SQLite in the instance folder.
         "DATABASE_URL": os.environ.get("DATABASE_URL", "").strip(),
         "RECORD_PREDICTIONS": _flag_env("RECORD_PREDICTIONS", True),
@@ -105,6 +109,7 @@ def classifier_options(config, threads: int | None = None) -> dict:
         "threads": threads or config["TORCH_THREADS"],
         "engine": config["INFERENCE_ENGINE"],
         "onnx_path": config["ONNX_MODEL_PATH"] or None,
+        "check_store": config.get("VERIFIED_COPIES_DIR") or None,
     }
 
 
