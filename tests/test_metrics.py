@@ -173,5 +173,7 @@ def test_the_master_makes_a_temporary_directory_when_none_is_set(monkeypatch):
         assert directory.is_dir() and os.environ[multiprocess_metrics.ENV_VAR] == str(directory)
     finally:
         multiprocess_metrics.remove_directory()
-        monkeypatch.delenv(multiprocess_metrics.ENV_VAR, raising=False)
+        # Not monkeypatch.delenv: it would note the value prepare_directory set and put it back
+        # at teardown, leaving every later test's /metrics in multiprocess mode.
+        os.environ.pop(multiprocess_metrics.ENV_VAR, None)
     assert not directory.exists()
