@@ -84,11 +84,15 @@ def test_two_node_cluster_gives_the_single_machine_answers(cluster, images, tmp_
         assert skipped_lines(spread.stderr) == skipped_lines(alone.stderr) and len(skipped_lines(alone.stderr)) == 2
         assert summary(spread.stderr) == summary(alone.stderr) == "classified 32 of 34 files; 2 could not be read"
 
-    # By default one actor per CPU, each asking for a whole one: one on each node, each
-    # decoding and running the model. With --ray-decode tasks, decode tasks fed model actors.
-    assert DECODING_MODEL_ACTOR in cluster.worker_logs(0) and DECODING_MODEL_ACTOR in cluster.worker_logs(1)
-    logs = cluster.worker_logs(0) + cluster.worker_logs(1)
-    assert MODEL_ACTOR in logs and DECODE_TASK in logs
+    # By default model actors that decode their own files; with --ray-decode tasks, decode
+    # tasks fed model actors. Where Ray places each is its own choice (a busy machine can
+    # leave one node's actor still starting when 34 files are done), so the test asks that
+    # both nodes did some of the work over the two runs, not that each held every kind.
+    logs = [cluster.worker_logs(0), cluster.worker_logs(1)]
+    both = logs[0] + logs[1]
+    assert DECODING_MODEL_ACTOR in both and MODEL_ACTOR in both and DECODE_TASK in both
+    for node in logs:
+        assert any(worker in node for worker in (DECODING_MODEL_ACTOR, MODEL_ACTOR, DECODE_TASK)), node
 
 
 def test_nothing_readable_exits_1_on_the_cluster_too(cluster, images, tmp_path):
