@@ -33,7 +33,7 @@ from classifier.batch import find_images  # noqa: E402
 from classifier.model import read_meta  # noqa: E402
 from tests.load import multipart, send  # noqa: E402
 from tests.servers import procfile_server  # noqa: E402
-from training.data_set import DataSetNotFound, find_data_set  # noqa: E402
+from training.data_set import add_data_option, data_set_or_exit  # noqa: E402
 from training.latency import load_average, machine_description  # noqa: E402
 
 RATE = re.compile(r"\(([\d.]+) images/s\)")
@@ -130,18 +130,14 @@ def markdown(results: list[Measured], data: Path, count: int, reps: int, load_be
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="a folder of <class>/<image> or UCMerced_LandUse.zip; "
-                        "default: training/data_set.py's (the README's Data set section)")
+    add_data_option(parser)
     parser.add_argument("--models", default="model.zip", help="comma-separated model files")
     parser.add_argument("--batch-sizes", default="1,4,16")
     parser.add_argument("--clients", default="1,2")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "batch-results.md")
     args = parser.parse_args()
-    try:
-        args.data = find_data_set(args.data)
-    except DataSetNotFound as error:
-        parser.exit(2, f"batch_throughput: {error}\n")
+    args.data = data_set_or_exit(parser, args.data)
 
     files = find_images([args.data])
     load_before = load_average()

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from classifier.batch import find_images  # noqa: E402
 from tests.ray_cluster import Cluster, ray_env  # noqa: E402
-from training.data_set import DataSetNotFound, find_data_set  # noqa: E402
+from training.data_set import add_data_option, data_set_or_exit  # noqa: E402
 from training.latency import load_average, machine_description  # noqa: E402
 
 # Each node's object store: the test's 200 MB makes Ray spill blocks to disk on a run this size.
@@ -165,17 +165,13 @@ def markdown(contenders: list[Contender], data: Path, counts: dict, repeat: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="a folder of <class>/<image> or UCMerced_LandUse.zip; "
-                        "default: training/data_set.py's (the README's Data set section)")
+    add_data_option(parser)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="times the long runs name the folder")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "ray-results.md")
     args = parser.parse_args()
 
-    try:
-        args.data = find_data_set(args.data)
-    except DataSetNotFound as error:
-        parser.exit(2, f"ray_batch: {error}\n")
+    args.data = data_set_or_exit(parser, args.data)
     # The folder once, and named --repeat times (each file classified that many times, read
     # from the page cache): long enough that the cost per image is not lost in the noise.
     sizes = {"small": [args.data], "all": [args.data] * args.repeat}

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from tests.load import multipart, send  # noqa: E402
 from tests.postgres import PostgresServer  # noqa: E402
 from tests.servers import procfile_server  # noqa: E402
-from training.data_set import find_data_set  # noqa: E402
+from training.data_set import add_data_option, data_set_or_exit  # noqa: E402
 from training.latency import load_average, machine_description  # noqa: E402
 
 from .workload import dataset_jpegs  # noqa: E402
@@ -131,10 +131,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "recording-results.md")
-    parser.add_argument("--data", help="the UC Merced folder or zip; default: training/data_set.py's")
+    add_data_option(parser)
     args = parser.parse_args()
 
-    files = dataset_jpegs(find_data_set(args.data), per_class=4)
+    files = dataset_jpegs(data_set_or_exit(parser, args.data), per_class=4)
     bodies = [multipart([("file", path.read_bytes())]) for path in files]  # read before timing
     for name in _OUR_SETTINGS:
         os.environ.pop(name, None)

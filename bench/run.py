@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from classifier.model import read_meta
-from training.data_set import DataSetNotFound, find_data_set
+from training.data_set import add_data_option, data_set_or_exit
 
 from . import report, servers
 from .load import run_locust
@@ -124,8 +124,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench", help="where RESULTS.md and results.* go")
     parser.add_argument("--model", type=Path, default=ROOT / "model.zip")
-    parser.add_argument("--data", help="a folder of <class>/<image> or UCMerced_LandUse.zip; "
-                        "default: training/data_set.py's (the README's Data set section)")
+    add_data_option(parser)
     parser.add_argument("--requests", type=int, default=200, help="data-set requests per concurrency")
     parser.add_argument("--big-requests", type=int, default=30, help="requests per 12 MP JPEG")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
@@ -136,10 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", metavar="REVISION",
                         help="also run our service as it was at this git revision (contender ours-before)")
     args = parser.parse_args(argv)
-    try:
-        data_set = find_data_set(args.data)
-    except DataSetNotFound as error:
-        parser.exit(2, f"bench: {error}\n")
+    data_set = data_set_or_exit(parser, args.data)
     model = args.model.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
 

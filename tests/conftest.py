@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from PIL import Image
 from torch import nn
 
 from app import create_app
+from classifier.device_model import file_sha256, manifest_path, model_identity
 from classifier.export import export_model
+from training.onnx_variants import export_onnx
 
 from .standalone import install_guard
 
@@ -65,6 +68,27 @@ def tiny_model_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_v2_path(tmp_path_factory) -> Path:
     return export_tiny_model(tmp_path_factory.mktemp("models") / "tiny-v2.zip", version="0.0.2")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model_path, tmp_path_factory):
+    return export_onnx(tiny_model_path, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def impostor_onnx(tiny_model_path, tmp_path_factory):
+    """Another network's ONNX file (red scored as blue), whose manifest names the tiny model."""
+    folder = tmp_path_factory.mktemp("impostor")
+    network = colour_network()
+    with torch.no_grad():
+        network[2].weight.copy_(torch.eye(3).flip(0) * 20.0)
+    other = export_model(network, TINY_LABELS, {"name": "other"}, folder / "other.zip", mean=(0, 0, 0), std=(1, 1, 1))
+    path = export_onnx(other, folder / "tiny.onnx")
+    manifest = json.loads(manifest_path(path).read_text())
+    manifest["source"]["sha256"] = model_identity(tiny_model_path)
+    manifest["sha256"] = file_sha256(path)
+    manifest_path(path).write_text(json.dumps(manifest))
+    return path
 
 
 @pytest.fixture(scope="session")

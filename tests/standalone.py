@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-from training.data_set import DATA_SET_ENV
+from training.data_set import DATA_SET_ENV, PROJECT_COPY
 
-ROOT = Path(__file__).resolve().parents[1]
-# Everything beside the repository that this project's own machines have.
-OUTSIDE = str(ROOT.parent / "shared")
-FORBIDDEN_NAMES = (DATA_SET_ENV, "SHARED_DATA_DIR")
+# Everything beside the repository that this project's own machines have: the folder that
+# holds the project's copy of the data set (training/data_set.py names it once).
+OUTSIDE = str(PROJECT_COPY.parents[1])
+FORBIDDEN_NAMES = (DATA_SET_ENV,)
 _WATCHED_EVENTS = {"open", "os.listdir", "os.scandir", "os.chdir"}
 
 

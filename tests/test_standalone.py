@@ -16,9 +16,10 @@ from .standalone import FORBIDDEN_NAMES, OUTSIDE, OutsideRepositoryRead
 TESTS = ROOT / "tests"
 # The guard's own two files name what they forbid.
 GUARD_FILES = {TESTS / "standalone.py", TESTS / "test_standalone.py"}
+BESIDE = os.path.basename(OUTSIDE)  # the folder's name, as a source would spell it
 OUTSIDE_PATTERNS = [
-    re.compile(r"\.\./shared"),
-    re.compile(r"""["']shared["']"""),
+    re.compile(re.escape(f"../{BESIDE}")),
+    re.compile(rf"""["']{re.escape(BESIDE)}["']"""),
     *(re.compile(re.escape(name)) for name in FORBIDDEN_NAMES),
 ]
 
@@ -35,7 +36,7 @@ def test_reading_beside_the_repository_fails_in_every_test():
 def test_a_glob_beside_the_repository_fails_too(tmp_path, monkeypatch):
     # pathlib swallows OSErrors while it globs; the guard's error must get through. A folder
     # of the tests' own stands in for the one beside the repository, which CI's clone lacks.
-    outside = tmp_path / "shared"
+    outside = tmp_path / BESIDE
     (outside / "data" / "ucmerced" / "beach").mkdir(parents=True)
     monkeypatch.setattr(standalone, "OUTSIDE", str(outside))
     with pytest.raises(OutsideRepositoryRead):
@@ -56,8 +57,9 @@ def test_no_test_source_names_a_place_outside_the_repository():
 
 
 def test_the_guard_would_catch_a_source_that_does():
-    line = 'DATA = Path(os.environ.get("SHARED_DATA_DIR", ROOT.parent / "shared" / "data"))'
-    assert any(pattern.search(line) for pattern in OUTSIDE_PATTERNS)
+    for line in (f'DATA = ROOT.parent / "{BESIDE}" / "data"', f'open("../{BESIDE}/data/README.md")',
+                 f'os.environ.get("{FORBIDDEN_NAMES[0]}")'):
+        assert any(pattern.search(line) for pattern in OUTSIDE_PATTERNS), line
 
 
 def test_no_fixture_is_a_link_out_of_the_repository():

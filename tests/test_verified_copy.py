@@ -28,27 +28,6 @@ from .conftest import ROOT, TINY_LABELS, colour_network, image_bytes
 RED = image_bytes("PNG", colour=(255, 0, 0))
 
 
-@pytest.fixture(scope="module")
-def tiny_onnx(tiny_model_path, tmp_path_factory):
-    return export_onnx(tiny_model_path, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
-
-
-@pytest.fixture(scope="module")
-def impostor_onnx(tiny_model_path, tmp_path_factory):
-    """Another network's ONNX file (red scored as blue), whose manifest names the tiny model."""
-    folder = tmp_path_factory.mktemp("impostor")
-    network = colour_network()
-    with torch.no_grad():
-        network[2].weight.copy_(torch.eye(3).flip(0) * 20.0)
-    other = export_model(network, TINY_LABELS, {"name": "other"}, folder / "other.zip", mean=(0, 0, 0), std=(1, 1, 1))
-    path = export_onnx(other, folder / "tiny.onnx")
-    manifest = json.loads(manifest_path(path).read_text())
-    manifest["source"]["sha256"] = model_identity(tiny_model_path)
-    manifest["sha256"] = file_sha256(path)
-    manifest_path(path).write_text(json.dumps(manifest))
-    return path
-
-
 @pytest.fixture
 def store(tmp_path) -> CheckStore:
     return CheckStore(tmp_path / "checks")

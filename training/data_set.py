@@ -51,6 +51,20 @@ def find_data_set(path: str | Path | None = None) -> Path:
     raise DataSetNotFound(f"No data set found (looked at {PROJECT_COPY} and {PREPARED}). {HOW_TO_GET_IT}")
 
 
+def add_data_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--data`` option of every command that reads the data set."""
+    parser.add_argument("--data", help="a folder of <class>/<image> or UCMerced_LandUse.zip; "
+                        "default: training/data_set.py's (the README's Data set section)")
+
+
+def data_set_or_exit(parser: argparse.ArgumentParser, path: str | Path | None) -> Path:
+    """``find_data_set(path)``, or the parser's exit 2 with what to do."""
+    try:
+        return find_data_set(path)
+    except DataSetNotFound as error:
+        parser.exit(2, f"{parser.prog}: {error}\n")
+
+
 def resolve_data_dir(path: str | Path, extract_to: str | Path = REPO / "runs" / "data") -> Path:
     """The folder of ``<class>/<image>`` to train on, from a folder or the UC Merced zip.
 

@@ -29,7 +29,7 @@ from classifier.device_model import file_sha256
 from classifier.model import read_meta
 
 from .data import load_images, stratified_split
-from .data_set import DataSetNotFound, find_data_set
+from .data_set import add_data_option, data_set_or_exit
 from .latency import interleaved_latencies, load_average, machine_description, median_ms
 from .onnx_variants import export_onnx, quantize_onnx_int8
 from .runtimes import OnnxRuntime, TorchScriptRuntime, probabilities
@@ -357,8 +357,7 @@ def write_markdown(report: Report, path: str | Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="model.zip", help="the model file to make variants of")
-    parser.add_argument("--data", help="a folder of <class>/<image> or UCMerced_LandUse.zip; "
-                        "default: training/data_set.py's (the README's Data set section)")
+    add_data_option(parser)
     parser.add_argument("--val-fraction", type=float, default=0.2, help="as in the notebook")
     parser.add_argument("--seed", type=int, default=0, help="as in the notebook")
     parser.add_argument("--calibration-per-class", type=int, default=16)
@@ -366,10 +365,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--report", default="docs/model-variants.md")
     args = parser.parse_args(argv)
-    try:
-        data_set = find_data_set(args.data)
-    except DataSetNotFound as error:
-        parser.exit(2, f"variants: {error}\n")
+    data_set = data_set_or_exit(parser, args.data)
 
     split = stratified_split(data_set, val_fraction=args.val_fraction, seed=args.seed)
     chosen = calibration_indices(split.train_targets, args.calibration_per_class)
