@@ -2,7 +2,7 @@
 
 Run as ``python -m bench.litserve_app --port P --model model.zip``. The LitAPI reuses
 ``classifier.images`` (safe decode with JPEG draft, 224×224 resize, [0, 1] tensor) and
-``classifier.model.load_model`` (load, check, warm up), so it does the same work per
+``Classifier.setup`` (load, check, warm up, as a worker does), so it does the same work per
 request as our service and only the serving stack differs. Its settings are the ones that
 did best for it here (see bench/README.md): one inference worker per core with one torch
 thread each, ZeroMQ queues (``fast_queue``), and one uvicorn API server process.
@@ -14,10 +14,8 @@ import argparse
 import os
 
 import litserve as ls
-import torch
 
 from classifier.images import decode_image
-from classifier.model import load_model
 from classifier.pipeline import Classifier
 
 
@@ -30,8 +28,8 @@ class ClassifierAPI(ls.LitAPI):
         self.threads = threads
 
     def setup(self, device):
-        torch.set_num_threads(self.threads)
-        self.classifier = Classifier(load_model(self.model_path))  # our TorchScript engine
+        # TorchScript: the engine LitServe's own examples and the reference app run.
+        self.classifier = Classifier.setup(self.model_path, threads=self.threads, engine="torchscript")
 
     def decode_request(self, request):
         upload = request["file"]

@@ -16,33 +16,23 @@ from classifier.errors import (
     TooManyFiles,
     UnsupportedImageType,
 )
-from classifier.pipeline import Classifier, Prediction
+from classifier.pipeline import Prediction
 
 from .auth import api_key_required
-from .errors import error_body, error_response
+from .errors import error_body
 from .openapi import openapi_document
 from .recording import record_predictions
+from .served_model import get_classifier, loaded_classifier
 
 api = Blueprint("api", __name__)
 
-EXTENSION_KEY = "classifier"
 _RAW_BODY_TYPES = ("image/", "application/octet-stream")
-
-
-def get_classifier() -> Classifier | None:
-    return current_app.extensions.get(EXTENSION_KEY)
-
-
-def _model_not_ready():
-    return error_response(503, "model_not_ready", "The model is still loading; retry shortly.")
 
 
 @api.post("/predict")
 @api_key_required
 def predict():
     classifier = get_classifier()
-    if classifier is None:
-        return _model_not_ready()
     top_k = classifier.parse_top_k(query_value("top"))
     upload = read_upload()
     prediction = classifier.classify(upload, top_k=top_k)
@@ -54,8 +44,6 @@ def predict():
 @api_key_required
 def predict_batch():
     classifier = get_classifier()
-    if classifier is None:
-        return _model_not_ready()
     top_k = classifier.parse_top_k(query_value("top"))
     uploads = read_batch_uploads(current_app.config["MAX_BATCH_FILES"])
     results = classifier.classify_many(uploads, top_k=top_k)
@@ -65,7 +53,7 @@ def predict_batch():
 
 @api.get("/health")
 def health():
-    classifier = get_classifier()
+    classifier = loaded_classifier()
     if classifier is None:
         return jsonify({"status": "loading"}), 503
     model = classifier.model
@@ -75,15 +63,12 @@ def health():
 
 @api.get("/model")
 def model_info():
-    classifier = get_classifier()
-    if classifier is None:
-        return _model_not_ready()
-    return jsonify(classifier.describe())
+    return jsonify(get_classifier().describe())
 
 
 @api.get("/openapi.json")
 def openapi():
-    classifier = get_classifier()
+    classifier = loaded_classifier()
     labels = classifier.labels if classifier is not None else ()
     return jsonify(openapi_document(current_app, labels))
 

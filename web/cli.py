@@ -15,16 +15,9 @@ from flask.cli import with_appcontext
 
 from classifier.batch import WRITERS, classify_files, find_images
 from classifier.errors import InvalidParameter, ModelContractError
-from classifier.pipeline import Classifier
+from classifier.model_update import check_model_file, gunicorn_master_pid, install_model, reload_workers
 
-from .api import EXTENSION_KEY
-from .settings import classifier_options
-from classifier.model_update import (
-    check_model_file,
-    gunicorn_master_pid,
-    install_model,
-    reload_workers,
-)
+from .served_model import classifier_for_command, setup_options
 
 
 def register_commands(app: Flask) -> None:
@@ -44,7 +37,7 @@ def check_model_command(path: str) -> None:
     replaced.
     """
     try:
-        classifier = check_model_file(path, **classifier_options(current_app.config))
+        classifier = check_model_file(path, **setup_options(current_app.config))
     except ModelContractError as error:
         raise click.ClickException(f"refused: {error}") from error
     model, smoke = classifier.model, classifier.smoke_test()
@@ -78,7 +71,7 @@ def swap_model_command(path: str, pid: int | None, pidfile: str | None) -> None:
     except (ValueError, LookupError) as error:
         raise click.ClickException(str(error)) from error
     try:
-        classifier = install_model(path, served, **classifier_options(current_app.config))
+        classifier = install_model(path, served, **setup_options(current_app.config))
     except ModelContractError as error:
         raise click.ClickException(f"refused, {served} unchanged: {error}") from error
     reload_workers(master)
@@ -128,7 +121,7 @@ def predict_command(paths, output_format, output, top, batch_size, workers, lane
     1 only if no file could be classified. With --ray the same answers come from a Ray
     cluster, whose every node must read the files at the same paths.
     """
-    classifier = _classifier()
+    classifier = classifier_for_command()
     try:
         top_k = classifier.parse_top_k(top)
     except InvalidParameter as error:
@@ -146,7 +139,7 @@ def predict_command(paths, output_format, output, top, batch_size, workers, lane
         return
     from classifier.ray_batch import ModelFiles, classify_files_on_ray, ray_cluster
 
-    options = classifier_options(current_app.config, threads=1)
+    options = setup_options(current_app.config, threads=1)
     model = ModelFiles.read(current_app.config["MODEL_PATH"], options["onnx_path"])
     with ExitStack() as stack:
         try:
@@ -188,16 +181,3 @@ def _write_results(results, files, writer, output) -> None:
     )
     if classified == 0:
         sys.exit(1)
-
-
-def _classifier() -> Classifier:
-    """The app's model; ``flask --app app`` builds the app without loading it, so load it here.
-
-    One thread for the engine: the command runs one forward pass per core side by side.
-    """
-    classifier = current_app.extensions.get(EXTENSION_KEY)
-    if classifier is None:
-        options = classifier_options(current_app.config, threads=1)
-        classifier = Classifier.setup(current_app.config["MODEL_PATH"], **options)
-        current_app.extensions[EXTENSION_KEY] = classifier
-    return classifier

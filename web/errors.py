@@ -9,6 +9,8 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from classifier.errors import InputError
 
+from .served_model import ModelNotReady
+
 log = logging.getLogger(__name__)
 
 # Messages a person can act on, for the errors Werkzeug raises before our views run.
@@ -36,9 +38,11 @@ def error_response(status: int, code: str, message: str):
 
 
 def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(InputError)
-    def input_error(error: InputError):
+    def reply(error: InputError | ModelNotReady):  # each carries its status, code and message
         return error_response(error.status, error.code, error.message)
+
+    app.register_error_handler(InputError, reply)
+    app.register_error_handler(ModelNotReady, reply)
 
     @app.errorhandler(ClientDisconnected)
     def incomplete_body(error: ClientDisconnected):

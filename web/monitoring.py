@@ -28,9 +28,10 @@ from classifier.errors import InvalidParameter
 
 from . import db, metrics, recording
 from .access_log import REQUEST_ID_PATTERN
-from .api import get_classifier, query_value
+from .api import query_value
 from .auth import api_key_required
 from .errors import error_response
+from .served_model import get_classifier, loaded_classifier
 from .settings import parse_duration
 
 log = logging.getLogger(__name__)
@@ -46,16 +47,10 @@ def _database_unavailable():
                           "The monitoring database is not answering; retry shortly.")
 
 
-def _model_not_ready():
-    return error_response(503, "model_not_ready", "The model is still loading; retry shortly.")
-
-
 @monitoring.post("/feedback")
 @api_key_required
 def feedback():
     classifier = get_classifier()
-    if classifier is None:
-        return _model_not_ready()
     request_id, item, label = read_feedback(classifier.labels)
     try:
         recording.flush()  # this worker's queued records: a prediction it answered just now
@@ -136,8 +131,6 @@ def give_feedback(connection, request_id: str, item: int, label: str) -> dict | 
 @monitoring.get("/monitoring")
 def monitoring_report():
     classifier = get_classifier()
-    if classifier is None:
-        return _model_not_ready()
     raw = query_value("window") or current_app.config["MONITORING_WINDOW"]
     try:
         seconds = parse_duration(raw)
@@ -209,7 +202,7 @@ def _iso(moment) -> str:
 
 def scrape_figures() -> bytes:
     """The window's figures for /metrics, in Prometheus text format (web/metrics.py adds them)."""
-    classifier = get_classifier()
+    classifier = loaded_classifier()
     if classifier is None:  # no served model yet, so no figures for it
         return b""
     registry = CollectorRegistry(auto_describe=False)

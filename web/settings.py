@@ -102,17 +102,6 @@ def settings_from_env() -> dict:
     }
 
 
-def classifier_options(config, threads: int | None = None) -> dict:
-    """The settings ``Classifier.setup`` takes, from the app's config."""
-    return {
-        "max_pixels": config["MAX_IMAGE_PIXELS"],
-        "threads": threads or config["TORCH_THREADS"],
-        "engine": config["INFERENCE_ENGINE"],
-        "onnx_path": config["ONNX_MODEL_PATH"] or None,
-        "check_store": config.get("VERIFIED_COPIES_DIR") or None,
-    }
-
-
 def check_settings(config) -> None:
     """Fail at start-up, not on the first request, when a setting cannot work."""
     for key in ("MAX_CONTENT_LENGTH", "MAX_IMAGE_PIXELS", "MAX_BATCH_FILES", "TORCH_THREADS"):
