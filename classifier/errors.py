@@ -51,12 +51,13 @@ class TooManyFiles(InputError):
     code = "too_many_files"
 
 
-class DeviceModelUnavailable(Exception):
-    """No ONNX copy of the served model for the browser: missing, or made from another model."""
+class OnnxCopyUnavailable(Exception):
+    """No ONNX copy of the served model to use: none set, missing, made from another model, or failing its check.
 
-    status = 404
-    code = "device_model_unavailable"
+    The server then runs the model with TorchScript (classifier/pipeline.py), and the
+    browser's path answers 404 with the reason (web/device.py).
+    """
 
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+    @property
+    def message(self) -> str:
+        return str(self)

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .engines import ENGINES, TorchScriptEngine, softmax
-from .errors import DeviceModelUnavailable, InputError, InvalidParameter, ModelContractError
+from .errors import OnnxCopyUnavailable, InputError, InvalidParameter, ModelContractError
 from .images import DEFAULT_MAX_PIXELS, INPUT_SIZE, decode_image, resize_for_model, to_batch
 from .model import LoadedModel, load_model
 from .verified_copy import CheckStore, serve_verified_copy
@@ -98,7 +98,7 @@ class Classifier:
         if engine != "torchscript":
             try:
                 served = serve_verified_copy(model_path, onnx_path, threads, CheckStore(check_store))
-            except DeviceModelUnavailable as refusal:
+            except OnnxCopyUnavailable as refusal:
                 if engine == "onnxruntime":
                     raise ModelContractError(f"INFERENCE_ENGINE=onnxruntime, but {refusal.message}") from refusal
                 reason = refusal.message

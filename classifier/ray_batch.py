@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from .batch import FileResult, _classify_batch, _load_for_model
-from .device_model import manifest_path
+from .onnx_copy import manifest_path
 from .images import INPUT_SIZE
 from .pipeline import Classifier, Prediction
 

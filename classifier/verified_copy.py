@@ -34,9 +34,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from . import memory
-from .device_model import file_sha256, load_device_model
+from .onnx_copy import file_sha256, matching_onnx_copy
 from .engines import AGREEMENT_TOLERANCE, OnnxRuntimeEngine, softmax
-from .errors import DeviceModelUnavailable, ModelContractError
+from .errors import OnnxCopyUnavailable, ModelContractError
 from .model import LoadedModel, smoke_batch
 
 log = logging.getLogger(__name__)
@@ -155,13 +155,13 @@ def check_copy(model_path: str | Path, onnx_path: str | Path) -> CopyCheck:
         checked_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
     try:
-        manifest = load_device_model(onnx_path, model_path).manifest  # names model.zip by SHA-256
+        manifest = matching_onnx_copy(onnx_path, model_path).manifest  # names model.zip by SHA-256
         if list(manifest["labels"]) != list(model.labels):
-            raise DeviceModelUnavailable(f"{onnx_path}'s manifest lists other labels than {model_path.name}.")
+            raise OnnxCopyUnavailable(f"{onnx_path}'s manifest lists other labels than {model_path.name}.")
         difference = _smoke_difference(model, onnx_path)
         if (file_sha256(model_path), file_sha256(onnx_path)) != (model_sha256, onnx_sha256):
-            raise DeviceModelUnavailable(f"{model_path} or {onnx_path} changed while it was being checked.")
-    except DeviceModelUnavailable as refusal:
+            raise OnnxCopyUnavailable(f"{model_path} or {onnx_path} changed while it was being checked.")
+    except OnnxCopyUnavailable as refusal:
         return CopyCheck(REFUSED, refusal.message, seconds=time.perf_counter() - started, **outcome)
     return CopyCheck(
         VERIFIED, f"{onnx_path.name} answers as {model_path.name} does (max |Δp| {difference:.1e} on a smoke batch)",
@@ -177,12 +177,12 @@ def _smoke_difference(model: LoadedModel, onnx_path: Path) -> float:
     try:
         got = softmax(OnnxRuntimeEngine(onnx_path, threads=1)(smoke))
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise DeviceModelUnavailable(f"{onnx_path} failed on a smoke batch: {exc}") from exc
+        raise OnnxCopyUnavailable(f"{onnx_path} failed on a smoke batch: {exc}") from exc
     if got.shape != expected.shape:
-        raise DeviceModelUnavailable(f"{onnx_path} gives {got.shape} outputs, the model {expected.shape}.")
+        raise OnnxCopyUnavailable(f"{onnx_path} gives {got.shape} outputs, the model {expected.shape}.")
     difference = float(abs(got - expected).max())
     if not difference <= AGREEMENT_TOLERANCE:  # NaN fails too
-        raise DeviceModelUnavailable(
+        raise OnnxCopyUnavailable(
             f"{onnx_path} disagrees with {model.path} on a smoke batch (max |Δp| {difference:.1e})."
         )
     return difference
@@ -191,7 +191,7 @@ def _smoke_difference(model: LoadedModel, onnx_path: Path) -> float:
 def check_in_subprocess(model_path: str | Path, onnx_path: str | Path, store: CheckStore) -> CopyCheck:
     """``check_once`` in a fresh Python process that exits after it, so torch never enters this one.
 
-    The record is saved in ``store`` and returned. Raises ``DeviceModelUnavailable`` for a
+    The record is saved in ``store`` and returned. Raises ``OnnxCopyUnavailable`` for a
     copy refused before the check, ``ModelContractError`` when the model file cannot be
     served at all or the check could not run.
     """
@@ -205,7 +205,7 @@ def check_in_subprocess(model_path: str | Path, onnx_path: str | Path, store: Ch
     if done.returncode in (EXIT_VERIFIED, EXIT_COPY_REFUSED) and done.stdout.strip():
         return CopyCheck.from_json(json.loads(done.stdout.strip().splitlines()[-1]))
     if done.returncode == EXIT_COPY_REFUSED:
-        raise DeviceModelUnavailable(last_line.removeprefix("refused: "))
+        raise OnnxCopyUnavailable(last_line.removeprefix("refused: "))
     raise ModelContractError(last_line.removeprefix("error: "))
 
 
@@ -214,26 +214,26 @@ def serve_verified_copy(
 ) -> tuple[LoadedModel, OnnxRuntimeEngine, CopyCheck]:
     """What a lean worker loads: the copy in ONNX Runtime, and the model as its record describes it.
 
-    Raises ``DeviceModelUnavailable`` with the reason when the copy must not be served; torch
+    Raises ``OnnxCopyUnavailable`` with the reason when the copy must not be served; torch
     is not imported here (the check, where one is still needed, runs in a subprocess).
     """
     started = time.perf_counter()
     if not onnx_path:
-        raise DeviceModelUnavailable("no ONNX copy is configured (ONNX_MODEL_PATH is empty).")
+        raise OnnxCopyUnavailable("no ONNX copy is configured (ONNX_MODEL_PATH is empty).")
     # Cheap refusals first, without hashing or a subprocess: no copy, or one made from another model.
-    load_device_model(onnx_path, model_path)
+    matching_onnx_copy(onnx_path, model_path)
     model_sha256, onnx_sha256 = file_sha256(model_path), file_sha256(onnx_path)
     check = store.find(model_sha256, onnx_sha256)
     if check is None:
         log.info("no check on record for %s and %s: checking now, in a subprocess", model_path, onnx_path)
         check = check_in_subprocess(model_path, onnx_path, store)
     if not check.verified:
-        raise DeviceModelUnavailable(check.reason)
+        raise OnnxCopyUnavailable(check.reason)
     if (check.model_sha256, check.onnx_sha256) != (model_sha256, onnx_sha256):
-        raise DeviceModelUnavailable(f"{model_path} or {onnx_path} changed while it was being checked.")
+        raise OnnxCopyUnavailable(f"{model_path} or {onnx_path} changed while it was being checked.")
     engine = OnnxRuntimeEngine(onnx_path, threads)
     if file_sha256(onnx_path) != onnx_sha256:  # the file ONNX Runtime read is the one checked
-        raise DeviceModelUnavailable(f"{onnx_path} changed while it was being loaded.")
+        raise OnnxCopyUnavailable(f"{onnx_path} changed while it was being loaded.")
     for _ in range(3):  # the first ONNX Runtime calls are slow
         engine(smoke_batch(1))
     memory.trim_heap()  # what hashing, loading and the first calls freed
@@ -246,13 +246,13 @@ def check_once(model_path: str | Path, onnx_path: str | Path | None, store: Chec
     """The verdict on ``onnx_path`` as a copy of ``model_path``, recorded in ``store``; with torch.
 
     The cheap refusals come first, without torch (no copy, or one whose manifest names another
-    model): they raise ``DeviceModelUnavailable``, as they do in a worker. With ``reuse`` a
+    model): they raise ``OnnxCopyUnavailable``, as they do in a worker. With ``reuse`` a
     record of these very bytes stands; otherwise the check runs afresh. Raises
     ``ModelContractError`` when ``model_path`` cannot be served on any engine.
     """
     if not onnx_path:
-        raise DeviceModelUnavailable("no ONNX copy is configured (ONNX_MODEL_PATH is empty).")
-    load_device_model(onnx_path, model_path)
+        raise OnnxCopyUnavailable("no ONNX copy is configured (ONNX_MODEL_PATH is empty).")
+    matching_onnx_copy(onnx_path, model_path)
     if reuse:
         check = store.find(file_sha256(model_path), file_sha256(onnx_path))
         if check is not None:
@@ -271,7 +271,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         check = check_once(args.model, args.onnx, CheckStore(args.store), reuse=args.reuse)
-    except DeviceModelUnavailable as refusal:
+    except OnnxCopyUnavailable as refusal:
         print(f"refused: {refusal.message}", file=sys.stderr)
         return EXIT_COPY_REFUSED
     except ModelContractError as error:

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from app import create_app
-from classifier.device_model import file_sha256, manifest_path, model_identity
+from classifier.onnx_copy import file_sha256, manifest_path, model_identity
 from classifier.export import export_model
 from training.onnx_variants import export_onnx
 

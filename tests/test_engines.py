@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from app import create_app
-from classifier.device_model import file_sha256, manifest_path, model_identity
+from classifier.onnx_copy import file_sha256, manifest_path, model_identity
 from classifier.errors import ModelContractError
 from classifier.export import export_model
 from classifier.pipeline import Classifier

@@ -11,7 +11,7 @@ import papermill
 import pytest
 
 from app import create_app
-from classifier.device_model import load_device_model
+from classifier.onnx_copy import matching_onnx_copy
 from classifier.drift import reference_distribution
 from classifier.model import load_model
 
@@ -108,7 +108,7 @@ def test_quick_run_measures_the_variants_beside_its_model(quick_run):
     table = model_path.with_name("model-variants.md").read_text()  # not the repository's docs/
     for variant in ("TorchScript float32", "ONNX float32", "ONNX int8", "TorchScript int8"):
         assert f"| {variant}" in table
-    assert load_device_model(model_path.with_suffix(".onnx"), model_path)  # the browser's copy matches
+    assert matching_onnx_copy(model_path.with_suffix(".onnx"), model_path)  # the browser's copy matches
     assert load_model(model_path.with_name("model-int8.zip")).meta["quantized_engine"] == "onednn"
 
 

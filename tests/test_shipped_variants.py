@@ -12,7 +12,7 @@ import onnxruntime
 import pytest
 import torch
 
-from classifier.device_model import file_sha256, load_device_model
+from classifier.onnx_copy import file_sha256, matching_onnx_copy
 from classifier.model import load_model, read_meta
 from training.data import load_images
 
@@ -23,7 +23,7 @@ AGAIN = "Run `make variants` after changing model.zip."
 
 
 def test_the_browsers_copy_was_made_from_the_shipped_model():
-    assert load_device_model(ROOT / "model.onnx", SHIPPED), AGAIN
+    assert matching_onnx_copy(ROOT / "model.onnx", SHIPPED), AGAIN
 
 
 def test_the_int8_file_was_made_from_the_shipped_model():

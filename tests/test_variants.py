@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from classifier.device_model import file_sha256
+from classifier.onnx_copy import file_sha256
 from classifier.errors import ModelContractError
 from classifier.model import load_model
 from training.data import load_images

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from classifier import verified_copy
-from classifier.device_model import file_sha256, manifest_path, model_identity
+from classifier.onnx_copy import file_sha256, manifest_path, model_identity
 from classifier.errors import ModelContractError
 from classifier.export import export_model
 from classifier.pipeline import Classifier
@@ -106,7 +106,7 @@ def test_reuse_takes_the_record_and_a_fresh_check_runs_again(tiny_model_path, ti
 
 def test_a_copy_of_another_model_is_refused_before_any_check(tiny_model_v2_path, tiny_onnx, store, monkeypatch):
     monkeypatch.setattr(verified_copy, "check_copy", lambda *args: pytest.fail("torch's check ran"))
-    with pytest.raises(verified_copy.DeviceModelUnavailable, match="another model"):
+    with pytest.raises(verified_copy.OnnxCopyUnavailable, match="another model"):
         check_once(tiny_model_v2_path, tiny_onnx, store)
 
 

@@ -4,7 +4,7 @@ The float32 export goes through torch's TorchScript-based exporter, the one that
 frozen ``ScriptModule`` as it is (the torch.export-based exporter, torch's default since
 2.9, needs the eager network). Labels and meta.json travel inside the ONNX file as metadata,
 and a manifest beside it tells the server and the page what it is
-(``classifier.device_model``).
+(``classifier.onnx_copy``).
 
 The int8 copy is ONNX Runtime's static quantisation: QDQ format, per-channel symmetric int8
 weights, uint8 activations whose ranges are calibrated on training images.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from classifier.device_model import write_manifest
+from classifier.onnx_copy import write_manifest
 from classifier.images import INPUT_SIZE
 from classifier.model import load_model
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from classifier.export import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, export_model
-from classifier.device_model import file_sha256
+from classifier.onnx_copy import file_sha256
 from classifier.model import QUANTIZED_ENGINE, load_model
 
 from .network import ARCHITECTURE

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from classifier.device_model import file_sha256
+from classifier.onnx_copy import file_sha256
 from classifier.model import read_meta
 
 from .data import load_images, stratified_split

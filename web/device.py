@@ -2,7 +2,7 @@
 
 The page's "On this device" path downloads these from the page's own origin and runs the
 model with onnxruntime-web. Both answer 404 with the reason when there is no copy that
-matches the served model (``classifier.device_model``), or when DEVICE_MODEL_PATH is empty.
+matches the served model (``classifier.onnx_copy``), or when DEVICE_MODEL_PATH is empty.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file, url_for
 
-from classifier.device_model import DeviceModel, load_device_model
-from classifier.errors import DeviceModelUnavailable
+from classifier.errors import OnnxCopyUnavailable
+from classifier.onnx_copy import OnnxCopy, matching_onnx_copy
 
 from .errors import error_response
 
@@ -28,20 +28,20 @@ def say_whether_browsers_get_the_model(state) -> None:
     with state.app.app_context():
         try:
             current_device_model()
-        except DeviceModelUnavailable as reason:
+        except OnnxCopyUnavailable as reason:
             log.warning("'On this device' is off: %s", reason.message)
 
 
-@device.errorhandler(DeviceModelUnavailable)
-def unavailable(error: DeviceModelUnavailable):
-    return error_response(error.status, error.code, error.message)
+@device.errorhandler(OnnxCopyUnavailable)
+def unavailable(error: OnnxCopyUnavailable):
+    return error_response(404, "device_model_unavailable", error.message)
 
 
-def current_device_model() -> DeviceModel:
+def current_device_model() -> OnnxCopy:
     path = current_app.config["DEVICE_MODEL_PATH"]
     if not path:
-        raise DeviceModelUnavailable("This server does not offer its model to browsers (DEVICE_MODEL_PATH is empty).")
-    return load_device_model(path, current_app.config["MODEL_PATH"])
+        raise OnnxCopyUnavailable("This server does not offer its model to browsers (DEVICE_MODEL_PATH is empty).")
+    return matching_onnx_copy(path, current_app.config["MODEL_PATH"])
 
 
 @device.get("/model.onnx.json")

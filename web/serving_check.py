@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from classifier.engines import ENGINES
-    from classifier.errors import DeviceModelUnavailable, ModelContractError
+    from classifier.errors import OnnxCopyUnavailable, ModelContractError
     from classifier.verified_copy import CheckStore, check_once
 
     from .settings import settings_from_env
@@ -82,8 +82,8 @@ def main(argv=None) -> int:
     try:
         check = check_once(model, onnx, CheckStore(settings["VERIFIED_COPIES_DIR"] or None), reuse=args.reuse)
         if not check.verified:
-            raise DeviceModelUnavailable(check.reason)
-    except DeviceModelUnavailable as refusal:
+            raise OnnxCopyUnavailable(check.reason)
+    except OnnxCopyUnavailable as refusal:
         if setting == "onnxruntime":
             print(f"INFERENCE_ENGINE=onnxruntime, but {refusal.message}", file=sys.stderr)
             return 1

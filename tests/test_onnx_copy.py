@@ -1,6 +1,6 @@
 """The browser's copy of the model: exported, described, and offered only while it matches.
 
-``classifier.device_model`` decides whether ``model.onnx`` may be handed to browsers;
+``classifier.onnx_copy`` decides whether ``model.onnx`` may be handed to browsers;
 ``web/device.py`` serves it. A copy made from another model file is refused with a reason.
 """
 
@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from app import create_app
-from classifier.device_model import load_device_model, manifest_path, model_identity
-from classifier.errors import DeviceModelUnavailable
+from classifier.onnx_copy import matching_onnx_copy, manifest_path, model_identity
+from classifier.errors import OnnxCopyUnavailable
 from classifier.model import load_model
 from training.onnx_variants import export_onnx
 
@@ -51,26 +51,26 @@ def test_onnx_copy_carries_labels_and_meta_and_a_manifest(tiny_model_path, tiny_
 
 
 def test_the_copy_is_offered_while_it_matches_the_served_model(tiny_model_path, tiny_onnx):
-    assert load_device_model(tiny_onnx, tiny_model_path).manifest["labels"] == TINY_LABELS
+    assert matching_onnx_copy(tiny_onnx, tiny_model_path).manifest["labels"] == TINY_LABELS
 
 
 def test_a_copy_of_another_model_is_refused(tiny_model_v2_path, tiny_onnx):
-    with pytest.raises(DeviceModelUnavailable, match="exported from another model"):
-        load_device_model(tiny_onnx, tiny_model_v2_path)
+    with pytest.raises(OnnxCopyUnavailable, match="exported from another model"):
+        matching_onnx_copy(tiny_onnx, tiny_model_v2_path)
 
 
 def test_a_copy_that_is_not_the_file_its_manifest_describes_is_refused(tiny_model_path, tiny_onnx, tmp_path):
     copy = tmp_path / "model.onnx"
     shutil.copy(tiny_onnx, copy)
     shutil.copy(manifest_path(tiny_onnx), manifest_path(copy))
-    assert load_device_model(copy, tiny_model_path)
+    assert matching_onnx_copy(copy, tiny_model_path)
     with open(copy, "ab") as handle:  # changed after its manifest was written
         handle.write(b"\0")
-    with pytest.raises(DeviceModelUnavailable, match="not the file"):
-        load_device_model(copy, tiny_model_path)
+    with pytest.raises(OnnxCopyUnavailable, match="not the file"):
+        matching_onnx_copy(copy, tiny_model_path)
     manifest_path(copy).unlink()
-    with pytest.raises(DeviceModelUnavailable, match="does not exist"):
-        load_device_model(copy, tiny_model_path)
+    with pytest.raises(OnnxCopyUnavailable, match="does not exist"):
+        matching_onnx_copy(copy, tiny_model_path)
 
 
 def device_app(model_path, onnx_path):

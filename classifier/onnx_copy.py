@@ -1,11 +1,13 @@
-"""The model for the browser: an ONNX copy of the served model and the manifest beside it.
+"""An ONNX copy of the served model, and whether it still is one: the manifest beside it.
 
-The page's "On this device" path runs ``model.onnx`` with onnxruntime-web. The copy is
-made from ``model.zip`` by ``python -m training.variants`` and committed next to it; its
-manifest, ``model.onnx.json``, carries the labels and names the model file it was made
-from by its SHA-256. The server offers the copy only while it matches the model it serves,
-so a new ``model.zip`` (a commit, or ``flask swap-model``) without a new ``model.onnx``
-switches the browser path off with a reason instead of letting browsers run an old model.
+The copy, ``model.onnx``, is made from ``model.zip`` by ``python -m training.variants`` and
+committed next to it; its manifest, ``model.onnx.json``, carries the labels and names the
+model file it was made from by its SHA-256. Both users of the copy take it only while it
+matches the model served: the server's ONNX Runtime engine (``classifier.verified_copy``
+checks its answers too) and the page's "On this device" path, which runs it with
+onnxruntime-web (``web/device.py``). So a new ``model.zip`` (a commit, or ``flask
+swap-model``) without a new ``model.onnx`` turns both off with a reason instead of running an
+old model.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DeviceModelUnavailable, ModelContractError
+from .errors import OnnxCopyUnavailable, ModelContractError
 from .model import read_meta
 
 MANIFEST_SUFFIX = ".json"
@@ -25,8 +27,8 @@ REGENERATE = "Run `python -m training.variants` to export it again from the serv
 
 
 @dataclass(frozen=True)
-class DeviceModel:
-    """An ONNX file that matches the served model, and what the page needs to run it."""
+class OnnxCopy:
+    """An ONNX file that matches the served model, and its manifest (what the page needs to run it)."""
 
     path: Path
     manifest: dict
@@ -60,16 +62,17 @@ def write_manifest(onnx_path: str | Path, model_path: str | Path, labels, meta: 
     return path
 
 
-def load_device_model(onnx_path: str | Path, served_model_path: str | Path) -> DeviceModel:
-    """The ONNX copy of the served model; ``DeviceModelUnavailable`` with the reason if none."""
+def matching_onnx_copy(onnx_path: str | Path, served_model_path: str | Path) -> OnnxCopy:
+    """The ONNX copy of the served model; ``OnnxCopyUnavailable`` with the reason if none."""
     onnx_path, served = Path(onnx_path), Path(served_model_path)
     files = (onnx_path, manifest_path(onnx_path), served)
     for path in files:
         if not path.is_file():
-            raise DeviceModelUnavailable(f"{path} does not exist. {REGENERATE}")
-    # Hashing 15 MB costs tens of milliseconds: do it again only when a file changed.
+            raise OnnxCopyUnavailable(f"{path} does not exist. {REGENERATE}")
+    # Hashing the model files on every request would cost more than the request: hash
+    # them again only when one changed.
     result = _checked(*(_stamp(path) for path in files))
-    if isinstance(result, DeviceModelUnavailable):
+    if isinstance(result, OnnxCopyUnavailable):
         raise result
     return result
 
@@ -94,31 +97,31 @@ def _stamp(path: Path) -> tuple[str, int, int]:
 
 
 @functools.lru_cache(maxsize=4)
-def _checked(onnx: tuple, manifest: tuple, served: tuple) -> DeviceModel | DeviceModelUnavailable:
+def _checked(onnx: tuple, manifest: tuple, served: tuple) -> OnnxCopy | OnnxCopyUnavailable:
     """The check, cached by the files' paths, times and sizes; a refusal is cached too."""
     try:
         return _check(Path(onnx[0]), Path(manifest[0]), Path(served[0]))
-    except DeviceModelUnavailable as refusal:
+    except OnnxCopyUnavailable as refusal:
         return refusal
 
 
-def _check(onnx_path: Path, manifest_file: Path, served_path: Path) -> DeviceModel:
+def _check(onnx_path: Path, manifest_file: Path, served_path: Path) -> OnnxCopy:
     try:
         data = json.loads(manifest_file.read_text())
         labels, expected_sha, source_sha = data["labels"], data["sha256"], data["source"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DeviceModelUnavailable(f"{manifest_file} is not a device-model manifest ({exc}). {REGENERATE}")
+        raise OnnxCopyUnavailable(f"{manifest_file} is not an ONNX-copy manifest ({exc}). {REGENERATE}")
     if file_sha256(onnx_path) != expected_sha:
-        raise DeviceModelUnavailable(f"{onnx_path} is not the file {manifest_file} describes. {REGENERATE}")
+        raise OnnxCopyUnavailable(f"{onnx_path} is not the file {manifest_file} describes. {REGENERATE}")
     try:
         served_identity = model_identity(served_path)
     except ModelContractError as exc:
-        raise DeviceModelUnavailable(f"The served model's meta.json cannot be read: {exc}") from exc
+        raise OnnxCopyUnavailable(f"The served model's meta.json cannot be read: {exc}") from exc
     if served_identity != source_sha:
-        raise DeviceModelUnavailable(
+        raise OnnxCopyUnavailable(
             f"{onnx_path} was exported from another model than {os.path.basename(served_path)}, "
             f"which the server now serves. {REGENERATE}"
         )
     if not isinstance(labels, list) or not labels:
-        raise DeviceModelUnavailable(f"{manifest_file} lists no labels. {REGENERATE}")
-    return DeviceModel(path=onnx_path, manifest=data)
+        raise OnnxCopyUnavailable(f"{manifest_file} lists no labels. {REGENERATE}")
+    return OnnxCopy(path=onnx_path, manifest=data)
