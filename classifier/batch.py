@@ -1,9 +1,10 @@
 """Classify many image files: find them, decode in threads, run the model in batches.
 
-The batch command (``flask --app app predict``) is a thin shell around ``classify_files``;
-decoding and resizing are the service's own (``classifier.images``), so a file gets the
-same answer here as through ``POST /predict``. A file that cannot be read or decoded gets
-its error in place and the others go on.
+The batch command (``flask --app app predict``) is a thin shell around ``classify_files``.
+Each file takes the path of an item of ``POST /predict/batch`` (``prepare_item`` and
+``Classifier.classify_prepared`` in ``classifier.pipeline``), so a file gets the same answer
+here as through the API, and a file that cannot be read or decoded gets its error in place,
+of the same codes, while the others go on.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from typing import Iterable, Iterator, Sequence, TextIO
 
 from PIL import Image
 
-from .errors import InputError
-from .images import decode_image, resize_for_model
-from .pipeline import Classifier, Prediction
+from .errors import InputError, UnreadableFile
+from .pipeline import Classifier, Prediction, prepare_item
 
 # What a folder is searched for (case-insensitive); a file named on the command line is
 # always tried, whatever its name.
@@ -38,6 +38,12 @@ class FileResult:
     prediction: Prediction | None = None
     error_code: str = ""
     error_message: str = ""
+
+    @classmethod
+    def of(cls, path: str, outcome: Prediction | InputError) -> "FileResult":
+        if isinstance(outcome, InputError):
+            return cls(path, error_code=outcome.code, error_message=outcome.message)
+        return cls(path, outcome)
 
     @property
     def ok(self) -> bool:
@@ -90,7 +96,7 @@ def classify_files(
                 path = next(queued, None)
                 if path is None:
                     return
-                decoding.append((path, decoders.submit(_load_for_model, path, classifier.max_pixels)))
+                decoding.append((path, decoders.submit(load_file, path, classifier.max_pixels)))
 
         decode_ahead()
         while decoding or forwarding:
@@ -98,32 +104,25 @@ def classify_files(
                 batch = [decoding.popleft() for _ in range(min(batch_size, len(decoding)))]
                 decode_ahead()
                 loaded = [(path, future.result()) for path, future in batch]
-                forwarding.append(models.submit(_classify_batch, classifier, loaded, top_k))
+                forwarding.append(models.submit(classify_loaded, classifier, loaded, top_k))
             yield from forwarding.popleft().result()
 
 
-def _load_for_model(path: Path, max_pixels: int) -> Image.Image | FileResult:
+def load_file(path: Path, max_pixels: int) -> Image.Image | InputError:
+    """A file read and made ready for the model, or the error that is its answer."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return FileResult(str(path), error_code="unreadable", error_message=exc.strerror or str(exc))
-    try:
-        return resize_for_model(decode_image(data, max_pixels=max_pixels))
-    except InputError as error:
-        return FileResult(str(path), error_code=error.code, error_message=error.message)
-    except Exception as exc:  # a decoder bug on one file must not end a run of thousands
-        return FileResult(str(path), error_code="not_an_image", error_message=f"The image could not be decoded ({exc}).")
+        return UnreadableFile(exc.strerror or str(exc))
+    return prepare_item(data, max_pixels)
 
 
-def _classify_batch(classifier: Classifier, loaded, top_k: int | None) -> list[FileResult]:
-    images = [(index, image) for index, (_, image) in enumerate(loaded) if isinstance(image, Image.Image)]
-    results: list[FileResult] = [image if isinstance(image, FileResult) else None for _, image in loaded]
-    if images:
-        probabilities = classifier.predict([image for _, image in images])
-        for row, (index, _) in enumerate(images):
-            results[index] = FileResult(str(loaded[index][0]), classifier.encode(probabilities[row], top_k))
-    return results
-
+def classify_loaded(
+    classifier: Classifier, loaded: Sequence[tuple[Path | str, Image.Image | InputError]], top_k: int | None
+) -> list[FileResult]:
+    """One forward pass over ``(path, load_file's result)`` pairs, a result per file."""
+    outcomes = classifier.classify_prepared([item for _, item in loaded], top_k)
+    return [FileResult.of(str(path), outcome) for (path, _), outcome in zip(loaded, outcomes)]
 
 
 class CsvWriter:

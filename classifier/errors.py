@@ -15,6 +15,13 @@ class InputError(Exception):
         super().__init__(message)
         self.message = message
 
+    @classmethod
+    def coded(cls, code: str, message: str) -> "InputError":
+        """The error of ``code``, as it arrives from another process in two columns of text."""
+        error = cls(message)
+        error.code = code
+        return error
+
 
 class MissingFile(InputError):
     code = "missing_file"
@@ -26,6 +33,12 @@ class EmptyInput(InputError):
 
 class NotAnImage(InputError):
     code = "not_an_image"
+
+
+class UnreadableFile(InputError):
+    """A file the batch command was given that cannot be read (missing, no permission)."""
+
+    code = "unreadable"
 
 
 class UnsupportedImageType(InputError):

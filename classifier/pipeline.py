@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .engines import ENGINES, TorchScriptEngine, softmax
-from .errors import OnnxCopyUnavailable, InputError, InvalidParameter, ModelContractError
+from .errors import InputError, InvalidParameter, ModelContractError, NotAnImage, OnnxCopyUnavailable
 from .images import DEFAULT_MAX_PIXELS, INPUT_SIZE, decode_image, resize_for_model, to_batch
 from .model import LoadedModel, load_model
 from .verified_copy import CheckStore, serve_verified_copy
@@ -177,25 +177,39 @@ class Classifier:
         probabilities = self.predict([self.decode(data)])
         return self.encode(probabilities[0], top_k)
 
+    def classify_prepared(
+        self, items: Sequence[Image.Image | InputError], top_k: int | None = None
+    ) -> list[Prediction | InputError]:
+        """One forward pass over the images among ``items`` (``prepare_item``'s); an error stays in its place."""
+        images = [item for item in items if not isinstance(item, InputError)]
+        probabilities = iter(self.predict(images) if images else ())
+        return [item if isinstance(item, InputError) else self.encode(next(probabilities), top_k) for item in items]
+
     def classify_many(
         self, items: Sequence[bytes], top_k: int | None = None
     ) -> list[Prediction | InputError]:
         """Classify several images, a few per forward pass; a bad item yields its error in place."""
-        results: list[Prediction | InputError | None] = [None] * len(items)
-        decoded, positions = [], []
-        for position, data in enumerate(items):
-            try:
-                # Shrink each image as soon as it is decoded: a batch of large images would
-                # otherwise hold every full-size bitmap in memory at once.
-                decoded.append(resize_for_model(self.decode(data)))
-                positions.append(position)
-            except InputError as error:
-                results[position] = error
-        for start in range(0, len(decoded), IMAGES_PER_FORWARD):
-            probabilities = self.predict(decoded[start : start + IMAGES_PER_FORWARD])
-            for row, position in enumerate(positions[start : start + IMAGES_PER_FORWARD]):
-                results[position] = self.encode(probabilities[row], top_k)
+        prepared = [prepare_item(data, self.max_pixels) for data in items]
+        results: list[Prediction | InputError] = []
+        for start in range(0, len(prepared), IMAGES_PER_FORWARD):
+            results += self.classify_prepared(prepared[start : start + IMAGES_PER_FORWARD], top_k)
         return results
+
+
+def prepare_item(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image | InputError:
+    """One image of a batch, decoded and shrunk to the model's input, or the error that is its answer.
+
+    Shrunk as soon as it is decoded: a batch of large images would otherwise hold every
+    full-size bitmap in memory at once. A decoder that fails in a way of its own is the
+    item's error too, so that one odd file never ends a batch of thousands.
+    """
+    try:
+        return resize_for_model(decode_image(data, max_pixels=max_pixels))
+    except InputError as error:
+        return error
+    except Exception as exc:
+        log.warning("a batch item's decoder failed", exc_info=True)
+        return NotAnImage(f"The image could not be decoded ({exc}).")
 
 
 def smoke_image_bytes() -> bytes:

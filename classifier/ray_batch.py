@@ -6,11 +6,11 @@ the same writers. The stages:
 
 1. the caller lists the files (``find_images``, so the same files in the same order);
 2. a decode step reads, decodes and resizes them (``classifier.batch``'s
-   ``_load_for_model``, the service's own decoding), anywhere in the cluster: so every node
+   ``load_file``, the service's own decoding), anywhere in the cluster: so every node
    must read the files at the paths the driver names (a shared or mounted file system). It
    runs in the model actors or in CPU tasks of its own (``DECODE_IN``);
 3. a pool of actors, each holding the served engine (``Classifier.setup``, as a worker
-   loads it), runs the forward passes and encodes the answers (``_classify_batch``);
+   loads it), runs the forward passes and encodes the answers (``classify_loaded``);
 4. the rows come back as they are done, and ``_results`` puts them in the files' order.
 
 Ray ships this package (a ``py_modules`` runtime environment) and the model files (through
@@ -33,7 +33,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from .batch import FileResult, _classify_batch, _load_for_model
+from .batch import FileResult, classify_loaded, load_file
+from .errors import InputError
 from .onnx_copy import manifest_path
 from .images import INPUT_SIZE
 from .pipeline import Classifier, Prediction
@@ -195,9 +196,9 @@ def _decode_batch(batch: dict, max_pixels: int) -> dict:
     pixels = np.zeros((len(paths), INPUT_SIZE[1], INPUT_SIZE[0], 3), dtype=np.uint8)
     codes, messages = [""] * len(paths), [""] * len(paths)
     for index, file in enumerate(batch["file"]):
-        loaded = _load_for_model(Path(str(file)), max_pixels)
-        if isinstance(loaded, FileResult):
-            codes[index], messages[index] = loaded.error_code, loaded.error_message
+        loaded = load_file(Path(str(file)), max_pixels)
+        if isinstance(loaded, InputError):
+            codes[index], messages[index] = loaded.code, loaded.message
         else:
             pixels[index] = np.asarray(loaded, dtype=np.uint8)
     return {"index": batch["index"], "path": np.array(paths, dtype=object), "pixels": pixels,
@@ -218,14 +219,14 @@ class _ModelActor:
 
     def __call__(self, batch: dict) -> dict:
         loaded = [
-            (path, FileResult(path, error_code=code, error_message=message) if code else Image.fromarray(pixels))
+            (path, InputError.coded(str(code), str(message)) if code else Image.fromarray(pixels))
             for path, pixels, code, message in zip(
                 map(str, batch["path"]), batch["pixels"], batch["error_code"], batch["error_message"])
         ]
         results: list[FileResult] = []
         for start in range(0, len(loaded), self.batch_size):
             # Forward passes of the command's --batch-size, so the numbers are the same too.
-            results += _classify_batch(self.classifier, loaded[start:start + self.batch_size], self.top_k)
+            results += classify_loaded(self.classifier, loaded[start:start + self.batch_size], self.top_k)
         return {"index": batch["index"], **_columns_from_results(results, self.top_k)}
 
     def __del__(self):
@@ -233,7 +234,7 @@ class _ModelActor:
 
 
 def _columns_from_results(results: list[FileResult], top_k: int) -> dict:
-        # One list of labels per file (Arrow's list<string>); scores fixed-width, 0 where it failed.
+    # One list of labels per file (Arrow's list<string>); scores fixed-width, 0 where it failed.
     labels = np.empty(len(results), dtype=object)
     scores = np.zeros((len(results), top_k), dtype=np.float64)
     for row, result in enumerate(results):

@@ -62,3 +62,33 @@ def test_batch_and_single_predictions_agree(classifier, dataset_jpeg):
     assert [label for label, _ in single] == [label for label, _ in batched]
     for (_, a), (_, b) in zip(single, batched):
         assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_a_decoder_failure_of_its_own_is_the_items_error_and_the_batch_goes_on(classifier, monkeypatch):
+    # Pillow's plugins can fail with errors no list foresees: one such file is not_an_image,
+    # in the API's batch and in the batch command alike (both go through prepare_item).
+    from classifier import batch, pipeline
+
+    real_decode = pipeline.decode_image
+
+    def decode(data, max_pixels):
+        if data == b"odd":
+            raise RuntimeError("plugin bug")
+        return real_decode(data, max_pixels=max_pixels)
+
+    monkeypatch.setattr(pipeline, "decode_image", decode)
+    results = classifier.classify_many([b"odd", image_bytes(colour=(255, 0, 0))], top_k=1)
+    assert isinstance(results[0], NotAnImage) and "plugin bug" in results[0].message
+    assert results[1].top[0][0] == "red"
+    loaded = [("odd.png", pipeline.prepare_item(b"odd")), ("red.png", pipeline.prepare_item(image_bytes(colour=(255, 0, 0))))]
+    rows = batch.classify_loaded(classifier, loaded, top_k=1)
+    assert (rows[0].error_code, rows[0].ok) == ("not_an_image", False)
+    assert rows[1].prediction == results[1]
+
+
+def test_an_unreadable_file_is_an_input_error_of_its_own(tmp_path):
+    from classifier.batch import load_file
+    from classifier.errors import UnreadableFile
+
+    missing = load_file(tmp_path / "gone.jpg", max_pixels=10_000)
+    assert isinstance(missing, UnreadableFile) and missing.code == "unreadable"
