@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from classifier.batch import find_images  # noqa: E402
 from classifier.model import read_meta  # noqa: E402
-from tests.load import multipart, send  # noqa: E402
-from tests.servers import procfile_server  # noqa: E402
+from testing.load import send  # noqa: E402
+from testing.multipart import form_body  # noqa: E402
+from testing.servers import procfile_server  # noqa: E402
 from training.data_set import add_data_option, data_set_or_exit  # noqa: E402
 from training.latency import load_average, machine_description  # noqa: E402
 
@@ -68,7 +69,7 @@ def run_cli(data: Path, model: str, batch_size: int) -> tuple[float, float]:
 
 def run_http(url: str, files: list[Path], clients: int) -> float:
     """Images/s for POST /predict of every file by ``clients`` threads sharing the list."""
-    bodies = [multipart([("file", path.read_bytes())]) for path in files]  # read before timing
+    bodies = [form_body([("upload", path.read_bytes())]) for path in files]  # read before timing
     queue = iter(range(len(bodies)))
     lock = threading.Lock()
     failures: list[str] = []

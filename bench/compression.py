@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import procfile_server  # noqa: E402
+from testing.servers import procfile_server  # noqa: E402
 
 FILES = [
     "/static/vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm",

@@ -17,7 +17,7 @@ import gevent
 from locust import FastHttpUser, events, task
 from locust.exception import StopUser
 
-from bench.http_form import multipart_files
+from testing.multipart import form_body
 
 @events.init_command_line_parser.add_listener
 def add_arguments(parser):
@@ -94,6 +94,6 @@ class ImageUploader(FastHttpUser):
         payloads = plan.next_payload(max(1, batch_files))
         if payloads is None:
             raise StopUser()
-        body, content_type = multipart_files(payloads)
+        body, content_type = form_body(payloads)
         path = "/predict/batch" if batch_files else "/predict"
         self.client.post(path, data=body, headers={"Content-Type": content_type}, name=path)

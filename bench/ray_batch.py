@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from classifier.batch import find_images  # noqa: E402
-from tests.ray_cluster import Cluster, ray_env  # noqa: E402
+from testing.ray_cluster import Cluster, ray_env  # noqa: E402
 from training.data_set import add_data_option, data_set_or_exit  # noqa: E402
 from training.latency import load_average, machine_description  # noqa: E402
 

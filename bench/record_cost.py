@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import insert  # noqa: E402
 
-from tests.postgres import PostgresServer  # noqa: E402
+from testing.postgres import PostgresServer  # noqa: E402
 from web import db  # noqa: E402
 
 COUNT = 1000

@@ -34,9 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.load import multipart, send  # noqa: E402
-from tests.postgres import PostgresServer  # noqa: E402
-from tests.servers import procfile_server  # noqa: E402
+from testing.load import send  # noqa: E402
+from testing.multipart import form_body  # noqa: E402
+from testing.postgres import PostgresServer  # noqa: E402
+from testing.servers import procfile_server  # noqa: E402
 from training.data_set import add_data_option, data_set_or_exit  # noqa: E402
 from training.latency import load_average, machine_description  # noqa: E402
 
@@ -135,7 +136,7 @@ def main() -> None:
     args = parser.parse_args()
 
     files = dataset_jpegs(data_set_or_exit(parser, args.data), per_class=4)
-    bodies = [multipart([("file", path.read_bytes())]) for path in files]  # read before timing
+    bodies = [form_body([("upload", path.read_bytes())]) for path in files]  # read before timing
     for name in _OUR_SETTINGS:
         os.environ.pop(name, None)
     load_before = load_average()

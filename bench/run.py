@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from classifier.model import read_meta
+from testing.servers import free_port
 from training.data_set import add_data_option, data_set_or_exit
 
 from . import report, servers
@@ -55,7 +56,7 @@ def run_floor(model: Path, threads: int, plan: list[tuple[str, Path, int]], work
 
 def run_contender(name: str, model: Path, plan: list[tuple[str, Path, int, int, int]], probe: Path, work: Path,
                   make=None) -> dict:
-    port = servers.free_port()
+    port = free_port()
     contender = (make or CONTENDERS[name])(port, model)
     print(f"[bench] {contender.title}: starting", flush=True)
     with servers.serve(contender, port, work / f"{name}-server.log", probe) as running:

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import psutil
 
-from tests.servers import free_port, procfile_command  # noqa: F401 (free_port: used by bench.run)
-
-from .http_form import multipart_body
+from testing.multipart import form_body
+from testing.servers import procfile_command
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -55,7 +54,7 @@ class Contender:
             if self.readiness == "health":
                 request = urllib.request.Request(f"{url}/health")
             else:
-                body, content_type = multipart_body(probe_image.name, probe_image.read_bytes())
+                body, content_type = form_body([(probe_image.name, probe_image.read_bytes())])
                 request = urllib.request.Request(f"{url}/predict", data=body, headers={"Content-Type": content_type})
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status == 200

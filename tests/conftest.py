@@ -2,48 +2,24 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-from torch import nn
 
 from app import create_app
 from classifier.onnx_copy import file_sha256, manifest_path, model_identity
 from classifier.export import export_model
 from training.onnx_variants import export_onnx
 
+from testing.samples import DATA_DIR, TINY_LABELS, colour_network, export_tiny_model
+
 from .standalone import install_guard
 
 install_guard()
 
-ROOT = Path(__file__).resolve().parents[1]
-# A few real images of the data set, kept in the repository (tests/fixtures/README.md): the
-# suite reads nothing outside it, so it passes on any clone.
-DATA_DIR = ROOT / "tests" / "fixtures" / "data"
-TINY_LABELS = ["red", "green", "blue"]
-
-
-def colour_network() -> nn.Module:
-    """Scores each class by how much of its colour channel the image holds.
-
-    Predictions are known in advance (a red image is "red"), so tests can check answers.
-    """
-    linear = nn.Linear(3, 3)
-    with torch.no_grad():
-        linear.weight.copy_(torch.eye(3) * 20.0)
-        linear.bias.zero_()
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), linear)
-
-
-def export_tiny_model(path: Path, version: str = "0.0.1", labels=TINY_LABELS) -> Path:
-    """The colour model as a model file; ``labels`` of another length breaks the contract."""
-    meta = {"name": "tiny-colours", "version": version, "dataset": "synthetic"}
-    return export_model(colour_network(), labels, meta, path, mean=(0, 0, 0), std=(1, 1, 1))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -121,14 +97,6 @@ def runner(app):
     return app.test_cli_runner()
 
 
-def image_bytes(fmt: str = "PNG", mode: str = "RGB", size=(64, 48), colour=(255, 0, 0), **save):
-    """An image of one colour, encoded in ``fmt``."""
-    image = Image.new(mode, size, colour)
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **save)
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The fixture images, laid out as the data set is: ``ucmerced/<class>/*.jpg``, ``ucmerced-tif/``."""
@@ -143,3 +111,12 @@ def dataset_jpeg(data_dir) -> Path:
 @pytest.fixture(scope="session")
 def dataset_tiff(data_dir) -> Path:
     return data_dir / "ucmerced-tif" / "beach00.tif"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium, for the browser tests (testing/browser.py)."""
+    from testing.browser import chromium
+
+    with chromium() as browser:
+        yield browser

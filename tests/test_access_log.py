@@ -11,7 +11,7 @@ import pytest
 from web.access_log import REQUEST_ID_HEADER
 from web.json_logs import JsonFormatter
 
-from .conftest import image_bytes
+from testing.samples import image_bytes
 
 
 def access_records(caplog):

@@ -9,8 +9,8 @@ import pytest
 from app import create_app
 from classifier.errors import ModelContractError
 
-from .conftest import TINY_LABELS, image_bytes
-from .test_images import png_header_only
+from testing.answers import assert_error
+from testing.samples import TINY_LABELS, image_bytes, png_header_only
 
 RED_PNG = image_bytes("PNG", colour=(255, 0, 0))
 
@@ -21,15 +21,6 @@ def post_file(client, data: bytes, filename="photo.png", query="", field="file")
         data={field: (io.BytesIO(data), filename)},
         content_type="multipart/form-data",
     )
-
-
-def assert_error(response, status: int, code: str):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.is_json
-    error = response.get_json()["error"]
-    assert error["code"] == code
-    assert len(error["message"]) > 10  # a sentence, not a bare code
-    return error
 
 
 def assert_still_serving(client):

@@ -8,8 +8,8 @@ import pytest
 
 from app import create_app
 
-from .conftest import image_bytes
-from .test_api import assert_error
+from testing.answers import assert_error
+from testing.samples import image_bytes
 
 KEY = "k3y-for-tests-0123456789"
 RED = image_bytes("PNG", colour=(255, 0, 0))

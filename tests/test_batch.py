@@ -8,8 +8,8 @@ import pytest
 
 from app import create_app
 
-from .conftest import image_bytes
-from .test_api import assert_error
+from testing.answers import assert_error
+from testing.samples import image_bytes
 
 RED, GREEN, BLUE = (image_bytes("PNG", colour=c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)])
 

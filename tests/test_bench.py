@@ -15,7 +15,7 @@ import pytest
 
 from training.onnx_variants import export_onnx
 
-from .conftest import ROOT
+from testing import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -9,44 +9,25 @@ is refused from another: CORS is what makes the cross-origin call work.
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
-import threading
 import urllib.request
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-from werkzeug.serving import make_server
 
-from app import create_app
 
-from .conftest import ROOT
-from .servers import free_port, post_multipart, procfile_server
+from testing.browser import CHOOSE, DESKTOP, PHONE, SCREENSHOTS, page_server
+from testing.multipart import post_files
+from testing.servers import free_port, procfile_server
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-# Without the background-networking switches Chromium keeps trying to reach Google's
-# services and hangs on a network without internet; no GPU on a CI machine.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-SCREENSHOTS = ROOT / "test-results" / "screenshots"
-DESKTOP = {"viewport": {"width": 1280, "height": 800}}
-PHONE = {"viewport": {"width": 375, "height": 812}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
-CHOOSE = re.compile("Choose images")
 TEXT_FILE = {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"Shopping list: eggs, flour, milk.\n" * 20}
 
 # A shared machine can be slow to answer; no test asserts timings.
@@ -59,20 +40,6 @@ class Servers:
     allowed: str  # the page alone, another origin, listed in the API's CORS_ORIGINS, data-api-base = api
     other: str  # the page alone, an origin the API does not list, no model of its own
     small_limit: str  # the page alone, with a 16 KB upload limit
-
-
-@contextmanager
-def page_server(port: int = 0, **config):
-    """The app without a model, serving the page on a loopback port in a thread."""
-    app = create_app({"LOAD_MODEL": False, **config})
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +60,6 @@ def servers(tmp_path_factory):
 def model(servers) -> dict:
     with urllib.request.urlopen(f"{servers.api}/model") as response:
         return json.load(response)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert Path(CHROMIUM).is_file(), f"No Chromium at {CHROMIUM}: `make test` installs it (apt-get install chromium)."
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @dataclass
@@ -154,7 +112,7 @@ def history(page: Page):
 
 
 def api_answer(servers: Servers, path: Path) -> dict:
-    code, body = post_multipart(f"{servers.api}/predict", "file", path.name, path.read_bytes())
+    code, body = post_files(f"{servers.api}/predict", [(path.name, path.read_bytes())])
     assert code == 200, body
     return json.loads(body)
 

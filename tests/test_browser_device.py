@@ -20,16 +20,14 @@ from playwright.sync_api import Page, expect
 
 from classifier.images import decode_image, resize_for_model
 
-from .conftest import ROOT
-from .servers import procfile_server
-from .test_browser import DESKTOP, browser, page_server  # noqa: F401 (browser: the shared fixture)
+from testing import ROOT
+from testing.browser import CHOOSE, DESKTOP, SCREENSHOTS, page_server
+from testing.servers import procfile_server
 
 pytestmark = pytest.mark.slow
 
-CHOOSE = re.compile("Choose images")
 PARITY_TOLERANCE = 0.01
 REPORT = ROOT / "test-results" / "device-parity.json"
-SCREENSHOTS = ROOT / "test-results" / "screenshots"
 DEVICE_FILES = re.compile(r"/(model\.onnx(\.json)?|static/vendor/onnxruntime-web/.*)$")
 
 expect.set_options(timeout=60_000)  # the first device answer compiles 14 MB of WebAssembly

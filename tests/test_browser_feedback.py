@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 from playwright.sync_api import Page, expect
 
-from .servers import procfile_server
-from .test_browser import CHOOSE, DESKTOP, browser  # noqa: F401 (a fixture, used by name)
+from testing.browser import CHOOSE, DESKTOP
+from testing.servers import procfile_server
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def database(tmp_path) -> str:
 
 
 @pytest.fixture
-def open_page(browser):  # noqa: F811
+def open_page(browser):
     """Open a page; afterwards, check that it raised no script error."""
     opened: list[tuple[Page, list[str]]] = []
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, image_bytes
+from testing import ROOT
+from testing.samples import image_bytes
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 

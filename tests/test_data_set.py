@@ -11,8 +11,8 @@ import pytest
 from training import data_set
 from training.data_set import DataSetNotFound, find_data_set, prepare_data_set
 
-from .conftest import ROOT
-from .test_training import make_image_folder
+from testing import ROOT
+from testing.samples import make_image_folder
 
 
 @pytest.fixture

@@ -21,8 +21,10 @@ import pytest
 from classifier.export import export_model
 from classifier.pipeline import Classifier
 
-from .conftest import ROOT, TINY_LABELS, colour_network, image_bytes
-from .servers import child_pids, command_line, post_multipart
+from testing import ROOT
+from testing.multipart import post_files
+from testing.samples import TINY_LABELS, colour_network, image_bytes
+from testing.servers import child_pids, command_line
 
 PAAS = ROOT / "deploy" / "paas.py"
 REPORT = ROOT / "test-results" / "deploy-report.json"
@@ -253,7 +255,7 @@ def test_a_second_push_with_a_new_model_serves_it_and_retires_the_old_release(de
     model = json.loads(subprocess.run(["curl", "-sS", "--fail-with-body", f"{second['url']}/model"],
                                       capture_output=True, text=True, check=True).stdout)
     assert model["version"] == "2.0.0-deploy-test" and model["labels"] == TINY_LABELS
-    status, body = post_multipart(f"{second['url']}/predict", "file", "red.png", image_bytes("PNG", colour=(255, 0, 0)))
+    status, body = post_files(f"{second['url']}/predict", [("red.png", image_bytes("PNG", colour=(255, 0, 0)))])
     assert status == 200 and json.loads(body)["label"] == "red"
     # The previous release was stopped once the new one was healthy, and its port is free.
     assert not alive(first["pid"])

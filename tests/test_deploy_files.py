@@ -24,8 +24,8 @@ from dockerfile_parse import DockerfileParser
 from front.config import FrontSettings
 from web.settings import settings_from_env
 
-from .conftest import ROOT
-from .servers import procfile_command
+from testing import ROOT
+from testing.servers import procfile_command
 
 
 def runtime_version() -> str:

@@ -5,21 +5,17 @@ How the copy is verified, and that the lean path never imports torch: tests/test
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 
 import pytest
-import torch
 
 from app import create_app
-from classifier.onnx_copy import file_sha256, manifest_path, model_identity
 from classifier.errors import ModelContractError
-from classifier.export import export_model
 from classifier.pipeline import Classifier
-from training.onnx_variants import export_onnx
 
-from .conftest import ROOT, TINY_LABELS, colour_network, image_bytes
+from testing import ROOT
+from testing.samples import image_bytes
 
 RED, GREEN, BLUE = (image_bytes("PNG", colour=c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)])
 

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
-from .load import multipart
-from .servers import child_pids, procfile_server
+from testing import ROOT
+from testing.load import raw_exchange
+from testing.multipart import form_body
+from testing.servers import child_pids, procfile_server
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +63,7 @@ def request(url: str, method: str, path: str, source: str, body: bytes | None = 
 
 
 def predict(url: str, source: str, image: bytes, headers: dict | None = None):
-    body, content_type = multipart([("file", image)])
+    body, content_type = form_body([("upload", image)])
     return request(url, "POST", "/predict", source, body, {"Content-Type": content_type, **(headers or {})})
 
 
@@ -104,11 +105,11 @@ def p99(values: list[float]) -> float:
 
 
 class SlowClients:
-    """tests/slow_clients.py in its own process: its events, read with a deadline."""
+    """testing/slow_clients.py in its own process: its events, read with a deadline."""
 
     def __init__(self, url: str, uploaders: int, downloaders: int, seconds: float):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.slow_clients", url, "--uploaders", str(uploaders),
+            [sys.executable, "-m", "testing.slow_clients", url, "--uploaders", str(uploaders),
              "--downloaders", str(downloaders), "--seconds", str(seconds),
              "--download-path", "/model.onnx", "--download-path", WASM],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -299,23 +300,6 @@ def test_a_client_holding_too_many_uploads_at_once_gets_429_and_later_is_served(
 # ---------------------------------------------------------------------------------------
 # nginx's own errors are the API's JSON
 
-def raw_exchange(url: str, data: bytes, source: str = "127.4.0.1") -> bytes:
-    port = int(url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0)) as sock:
-        try:
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except (ConnectionResetError, TimeoutError):
-            pass
-        return b"".join(chunks)
-
-
 def json_error(answer: bytes) -> tuple[int, str]:
     head, _, body = answer.partition(b"\r\n\r\n")
     assert b"content-type: application/json" in head.lower(), head
@@ -332,7 +316,7 @@ def json_error(answer: bytes) -> tuple[int, str]:
     (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", (414, "uri_too_long")),
 ], ids=["413-oversize-body", "404-static", "405-static", "400-huge-header", "400-garbage", "414-long-url"])
 def test_errors_nginx_answers_itself_are_the_api_json(server, data, expected):
-    assert json_error(raw_exchange(server[0], data)) == expected
+    assert json_error(raw_exchange(server[0], data, source="127.4.0.1")) == expected
 
 
 def test_502_json_while_nothing_listens_on_the_app_socket(server, images):

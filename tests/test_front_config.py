@@ -25,8 +25,8 @@ from front.config import FrontSettingError, FrontSettings, RunPaths, nginx_user_
 from front.files import files_root_for, hand_run_dir_to, readable_by
 from front.start import find_nginx
 
-from .conftest import ROOT
-from .servers import free_port
+from testing import ROOT
+from testing.servers import free_port
 
 
 def settings(**env) -> FrontSettings:

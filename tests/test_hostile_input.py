@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +20,8 @@ from PIL import Image
 from app import create_app
 from classifier.pipeline import Classifier
 
-from .conftest import DATA_DIR, TINY_LABELS, image_bytes
+from testing.samples import TINY_LABELS, image_bytes
+from testing.samples import DATA_DIR
 
 ERROR_CODES = {
     400: {"missing_file", "empty_file", "not_an_image", "invalid_parameter", "bad_request", "incomplete_body"},

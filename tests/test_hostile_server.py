@@ -16,9 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import image_bytes
-from .load import send, wait_for_workers, worker_pids
-from .servers import procfile_server
+from testing.load import raw_exchange, read_response, send, wait_for_workers, worker_pids
+from testing.multipart import form_body
+from testing.samples import image_bytes
+from testing.servers import procfile_server
 
 pytestmark = pytest.mark.slow
 
@@ -48,16 +49,6 @@ def assert_unharmed(server):
     assert status == 200 and body["label"] == "red"
     assert worker_pids(master.pid) == workers, log.read_text()[-3000:]
     assert "WORKER TIMEOUT" not in log.read_text()
-
-
-def read_response(sock: socket.socket) -> bytes:
-    chunks = []
-    try:
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return b"".join(chunks)
 
 
 class SlowClient(threading.Thread):
@@ -122,17 +113,6 @@ def test_a_client_that_stalls_is_dropped_after_client_timeout(server):
     assert_unharmed(server)
 
 
-def raw_exchange(url: str, data: bytes) -> bytes:
-    """Send ``data``, close our side (so the server sees where it ends), read the answer."""
-    with socket.create_connection(address(url), timeout=30) as sock:
-        try:
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:  # the server answered and closed before taking it all
-            pass
-        return read_response(sock)
-
-
 @pytest.mark.parametrize("claimed", [(UPLOAD_LIMIT_MB + 5) * 2**20, 10**15])
 def test_a_body_claiming_more_than_the_limit_is_413_before_it_is_sent(server, claimed):
     url = server[0]
@@ -146,12 +126,6 @@ def test_a_body_claiming_more_than_the_limit_is_413_before_it_is_sent(server, cl
     assert_unharmed(server)
 
 
-def multipart_part(data: bytes, boundary: str = "b0undary") -> bytes:
-    return (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n\r\n'
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
-
-
 OVER_THE_LIMIT = b"\xff\xd8\xff" + bytes((UPLOAD_LIMIT_MB + 1) * 2**20)
 
 
@@ -159,7 +133,7 @@ OVER_THE_LIMIT = b"\xff\xd8\xff" + bytes((UPLOAD_LIMIT_MB + 1) * 2**20)
 def test_a_streamed_body_over_the_limit_is_413(server, content_type):
     """Chunked: no Content-Length to check first, so the limit applies as the body is read."""
     url = server[0]
-    body = OVER_THE_LIMIT if content_type == "image/jpeg" else multipart_part(OVER_THE_LIMIT)
+    body = OVER_THE_LIMIT if content_type == "image/jpeg" else form_body([("big.jpg", OVER_THE_LIMIT)], boundary="b0undary")[0]
     head = f"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
     step = 2**20
     chunks = b"".join(b"%x\r\n" % len(body[i : i + step]) + body[i : i + step] + b"\r\n" for i in range(0, len(body), step))
@@ -178,7 +152,7 @@ def test_a_streamed_image_under_the_limit_is_classified(server):
 
 def test_a_huge_multipart_upload_is_413(server):
     url = server[0]
-    body = multipart_part(OVER_THE_LIMIT)
+    body = form_body([("big.jpg", OVER_THE_LIMIT)], boundary="b0undary")[0]
     head = (
         "POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=b0undary\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from PIL import Image
 from classifier.errors import EmptyInput, ImageTooLarge, NotAnImage, UnsupportedImageType
 from classifier.images import INPUT_SIZE, decode_image, load_image_file, to_batch
 
-from .conftest import image_bytes
+from testing.samples import image_bytes, png_header_only
 
 RED = (255, 0, 0)
 
@@ -123,16 +121,6 @@ def test_truncated_jpeg_is_not_an_image(dataset_jpeg):
     data = dataset_jpeg.read_bytes()
     with pytest.raises(NotAnImage):
         decode_image(data[: len(data) // 3])
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims the given size; its pixel data is garbage, so decoding would fail."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"junk") + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("side", [8_000, 100_000])

@@ -12,7 +12,7 @@ import pytest
 
 from app import create_app
 
-from .conftest import ROOT
+from testing import ROOT
 
 TOLERANCE = 1e-5
 

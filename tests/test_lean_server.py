@@ -21,9 +21,10 @@ import pytest
 
 from training.onnx_variants import export_onnx
 
-from .conftest import ROOT
-from .load import multipart, send, wait_for_workers, worker_pids
-from .servers import free_port, procfile_command, procfile_server
+from testing import ROOT
+from testing.load import send, wait_for_workers, worker_pids
+from testing.multipart import form_body
+from testing.servers import free_port, procfile_command, procfile_server
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ def serve_some(url: str, data_dir: Path) -> None:
     for image in images:
         status, body = send(url, "POST", "/predict", image.read_bytes(), {"Content-Type": "image/jpeg"})
         assert status == 200 and body["label"] == image.parent.name, body
-    batch, content_type = multipart([("file", image.read_bytes()) for image in images * 5])
+    batch, content_type = form_body([("upload", image.read_bytes()) for image in images * 5])
     status, body = send(url, "POST", "/predict/batch", batch, {"Content-Type": content_type})
     assert status == 200 and [r["label"] for r in body["results"]] == [i.parent.name for i in images * 5]
 

@@ -17,8 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from web import multiprocess_metrics
 
-from .conftest import image_bytes
-from .servers import post_multipart, procfile_server
+from testing.multipart import post_files
+from testing.samples import image_bytes
+from testing.servers import procfile_server
 
 RED_JPEG = image_bytes("JPEG", colour=(250, 0, 0))
 
@@ -76,7 +77,7 @@ def test_metrics_add_up_across_two_gunicorn_workers(tiny_model_path, tmp_path):
         assert len(workers) == 2
 
         def predict(_):
-            return post_multipart(f"{url}/predict", "file", "red.jpg", RED_JPEG)[0]
+            return post_files(f"{url}/predict", [("red.jpg", RED_JPEG)])[0]
 
         # Concurrent requests, until both workers have answered some (checked in the log).
         sent = 0
@@ -89,7 +90,7 @@ def test_metrics_add_up_across_two_gunicorn_workers(tiny_model_path, tmp_path):
                     break
         assert answered_by == workers, "one worker answered every request"
         for _ in range(3):
-            assert post_multipart(f"{url}/predict", "file", "a.jpg", b"not an image")[0] == 400
+            assert post_files(f"{url}/predict", [("a.jpg", b"not an image")])[0] == 400
 
         # Whichever worker answers the scrape, it reports both workers' counts. Scrapes are
         # sent four at a time, so that both workers answer some.

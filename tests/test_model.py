@@ -10,7 +10,7 @@ from classifier.errors import ModelContractError
 from classifier.export import export_model
 from classifier.model import load_model
 
-from .conftest import TINY_LABELS, colour_network
+from testing.samples import TINY_LABELS, colour_network
 
 
 def test_loads_labels_meta_and_warms_up(tiny_model_path):

@@ -17,9 +17,11 @@ import time
 
 import pytest
 
-from .conftest import ROOT, image_bytes
-from .load import Load, multipart, send, wait_for_workers, wait_until, worker_pids
-from .servers import procfile_server
+from testing import ROOT
+from testing.load import Load, send, wait_for_workers, wait_until, worker_pids
+from testing.multipart import form_body
+from testing.samples import image_bytes
+from testing.servers import procfile_server
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +40,7 @@ def swap_model(path, served, master_pid: int) -> subprocess.CompletedProcess:
 
 def mixed_requests(url: str):
     """Single predictions, batches and health checks, each checked for the right answer."""
-    batch_body, batch_type = multipart([("file", RED), ("file", BLUE)])
+    batch_body, batch_type = form_body([("upload", RED), ("upload", BLUE)])
 
     def request(thread: int, index: int):
         kind = ("predict", "batch", "health")[index % 3]

@@ -17,7 +17,8 @@ import pytest
 from classifier.errors import ModelContractError
 from classifier.model_update import check_model_file, gunicorn_master_pid, install_model
 
-from .conftest import ROOT, TINY_LABELS
+from testing import ROOT
+from testing.samples import TINY_LABELS
 
 
 def test_check_accepts_a_good_file_and_classifies_the_smoke_image(tiny_model_path):

@@ -24,10 +24,11 @@ from classifier.drift import REFERENCE_KEY
 from classifier.export import export_model
 from web import db, record_writer, recording
 
-from .conftest import TINY_LABELS, colour_network, image_bytes
-from .load import multipart, send, wait_until
-from .postgres import PostgresServer
-from .servers import procfile_server
+from testing.load import send, wait_until
+from testing.multipart import form_body
+from testing.postgres import PostgresServer
+from testing.samples import TINY_LABELS, colour_network, image_bytes
+from testing.servers import procfile_server
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 # Channels nearly equal: the colour model says red, but with under 50% (0.47).
@@ -119,7 +120,7 @@ def test_every_prediction_is_recorded_with_its_request_id_model_and_answer(make_
 
 def test_a_batch_records_each_answered_image_in_its_place(make_app):
     app = make_app()
-    body, content_type = multipart([("file", image_bytes(colour=GREEN)), ("file", b"not an image"), ("file", image_bytes(colour=BLUE))])
+    body, content_type = form_body([("upload", image_bytes(colour=GREEN)), ("upload", b"not an image"), ("upload", image_bytes(colour=BLUE))])
     response = app.test_client().post("/predict/batch", data=body, content_type=content_type)
     assert response.status_code == 200
     recorded = rows(app)
@@ -256,7 +257,7 @@ def test_a_second_answer_replaces_the_first(make_app):
 def test_feedback_for_an_image_in_a_batch_names_its_place(make_app):
     app = make_app()
     client = app.test_client()
-    body, content_type = multipart([("file", image_bytes(colour=GREEN)), ("file", image_bytes(colour=BLUE))])
+    body, content_type = form_body([("upload", image_bytes(colour=GREEN)), ("upload", image_bytes(colour=BLUE))])
     request_id = client.post("/predict/batch", data=body, content_type=content_type).headers["X-Request-ID"]
     answer = client.post("/feedback", json={"request_id": request_id, "item": 1, "label": "blue"})
     assert answer.get_json()["predicted"] == "blue"
@@ -567,7 +568,7 @@ def test_a_graceful_stop_of_the_server_writes_every_queued_record(database_url, 
     """SIGTERM, as a deploy or restart sends: each worker writes its queue before it exits."""
     log = tmp_path / "gunicorn.log"
     env = {"MODEL_PATH": str(tiny_model_path), "DATABASE_URL": database_url, "RECORD_FLUSH_MS": "600000"}
-    body, content_type = multipart([("file", image_bytes(colour=GREEN))])
+    body, content_type = form_body([("upload", image_bytes(colour=GREEN))])
     ids = [f"before-stop-{index}" for index in range(30)]
     engine = db.make_engine(db.database_url({"DATABASE_URL": database_url}, str(tmp_path)))
     try:
@@ -603,7 +604,7 @@ def test_concurrent_feedback_through_both_workers_loses_nothing(database_url, ti
     log = tmp_path / "gunicorn.log"
     env = {"MODEL_PATH": str(tiny_model_path), "DATABASE_URL": database_url}
     per_round, clients = 40, 8
-    body, content_type = multipart([("file", image_bytes(colour=RED))])
+    body, content_type = form_body([("upload", image_bytes(colour=RED))])
     statuses: list[int] = []
     given: dict[str, str] = {}
 

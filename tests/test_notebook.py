@@ -15,7 +15,7 @@ from classifier.onnx_copy import matching_onnx_copy
 from classifier.drift import reference_distribution
 from classifier.model import load_model
 
-from .conftest import ROOT
+from testing import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ from classifier.errors import OnnxCopyUnavailable
 from classifier.model import load_model
 from training.onnx_variants import export_onnx
 
-from .conftest import TINY_LABELS
+from testing.samples import TINY_LABELS
 
 
 @pytest.fixture(scope="module")

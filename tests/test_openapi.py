@@ -19,9 +19,10 @@ import pytest
 
 from app import create_app
 
-from .conftest import ROOT, TINY_LABELS
-from .load import send
-from .servers import procfile_server
+from testing import ROOT
+from testing.load import send
+from testing.samples import TINY_LABELS
+from testing.servers import procfile_server
 
 KEY = "schemathesis-key-0123456789"
 

@@ -7,7 +7,7 @@ import pytest
 from classifier.errors import InvalidParameter, NotAnImage
 from classifier.pipeline import Classifier, Prediction
 
-from .conftest import TINY_LABELS, image_bytes
+from testing.samples import TINY_LABELS, image_bytes
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from .ray_cluster import Cluster, ray_env
-from .servers import free_port
+from testing.ray_cluster import Cluster, ray_env
+from testing.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND_TIMEOUT = 240  # seconds: a cluster that hangs fails the test instead of the suite

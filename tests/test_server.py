@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from .servers import post_multipart, procfile_server
+from testing.multipart import post_files
+from testing.servers import procfile_server
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +24,7 @@ def server(tmp_path_factory):
 
 def test_procfile_server_classifies_a_data_set_image(server, dataset_jpeg):
     url, _, _ = server
-    status, body = post_multipart(f"{url}/predict", "file", dataset_jpeg.name, dataset_jpeg.read_bytes())
+    status, body = post_files(f"{url}/predict", [(dataset_jpeg.name, dataset_jpeg.read_bytes())])
     assert status == 200, body
     answer = json.loads(body)
     assert answer["label"] == "airplane"
@@ -37,7 +38,7 @@ def test_procfile_server_answers_curl_and_errors_as_json(server, dataset_tiff):
         capture_output=True, check=True,
     )
     assert json.loads(raw.stdout)["label"] == "beach"
-    status, body = post_multipart(f"{url}/predict", "file", "notes.jpg", b"plain text, not an image" * 10)
+    status, body = post_files(f"{url}/predict", [("notes.jpg", b"plain text, not an image" * 10)])
     assert status == 400 and json.loads(body)["error"]["code"] == "not_an_image"
 
 

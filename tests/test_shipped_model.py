@@ -7,7 +7,7 @@ import pytest
 from classifier.images import INPUT_SIZE
 from classifier.model import load_model
 
-from .conftest import ROOT
+from testing import ROOT
 
 SHIPPED = ROOT / "model.zip"
 

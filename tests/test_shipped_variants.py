@@ -16,7 +16,7 @@ from classifier.onnx_copy import file_sha256, matching_onnx_copy
 from classifier.model import load_model, read_meta
 from training.data import load_images
 
-from .conftest import ROOT
+from testing import ROOT
 
 SHIPPED = ROOT / "model.zip"
 AGAIN = "Run `make variants` after changing model.zip."

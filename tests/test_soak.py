@@ -19,9 +19,11 @@ import time
 
 import pytest
 
-from .conftest import ROOT, image_bytes
-from .load import Load, memory_mb, multipart, send, wait_for_workers, wait_until, worker_pids
-from .servers import procfile_server
+from testing import ROOT
+from testing.load import Load, memory_mb, send, wait_for_workers, wait_until, worker_pids
+from testing.multipart import form_body
+from testing.samples import image_bytes
+from testing.servers import procfile_server
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +43,7 @@ def mixed_traffic(url: str, data_dir):
     """Requests of several kinds, each with the answer it must get."""
     jpegs = [(data_dir / "ucmerced" / name / f"{name}00.jpg").read_bytes() for name in ("airplane", "beach", "river", "harbor")]
     png = image_bytes("PNG", size=(640, 480), colour=(0, 200, 0))
-    batch, batch_type = multipart([("file", data) for data in jpegs])
+    batch, batch_type = form_body([("upload", data) for data in jpegs])
     kinds = [
         ("jpeg", lambda i: send(url, "POST", "/predict", jpegs[i % 4], {"Content-Type": "image/jpeg"}), 200),
         ("png", lambda i: send(url, "POST", "/predict?top=1", png, {"Content-Type": "image/png"}), 200),

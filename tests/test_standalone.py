@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from . import standalone
-from .conftest import DATA_DIR, ROOT
+from testing import ROOT
+from testing.samples import DATA_DIR
 from .standalone import FORBIDDEN_NAMES, OUTSIDE, OutsideRepositoryRead
 
 TESTS = ROOT / "tests"

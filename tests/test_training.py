@@ -11,17 +11,7 @@ from training.loop import predict_probabilities
 from training.network import freeze_below, trainable_model
 from training.verify import check_export, check_service_path, confusion_matrix, worst_predictions
 
-from .conftest import TINY_LABELS, colour_network, image_bytes
-
-
-def make_image_folder(root, classes=("alpha", "beta", "gamma"), per_class=10, fmt="PNG", suffix=".png"):
-    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
-    for index, name in enumerate(classes):
-        folder = root / name
-        folder.mkdir(parents=True)
-        for n in range(per_class):
-            (folder / f"{name}{n:02d}{suffix}").write_bytes(image_bytes(fmt, colour=colours[index % 3], size=(40, 30)))
-    return root
+from testing.samples import TINY_LABELS, colour_network, image_bytes, make_image_folder
 
 
 def test_split_is_stratified_disjoint_and_seeded(tmp_path):

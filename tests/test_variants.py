@@ -22,7 +22,7 @@ from training.torchscript_int8 import check_rebuild, quantize_torchscript_int8, 
 from training.variants import Measured, Report, Variant, VariantPaths, calibration_indices, markdown, recommendation
 from training.verify import Agreement, agreement
 
-from .conftest import ROOT
+from testing import ROOT
 
 SHIPPED = ROOT / "model.zip"
 

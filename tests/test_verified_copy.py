@@ -12,18 +12,16 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from classifier import verified_copy
-from classifier.onnx_copy import file_sha256, manifest_path, model_identity
 from classifier.errors import ModelContractError
-from classifier.export import export_model
+from classifier.onnx_copy import file_sha256
 from classifier.pipeline import Classifier
 from classifier.verified_copy import CheckStore, check_once, engine_versions
-from training.onnx_variants import export_onnx
 from web import serving_check
 
-from .conftest import ROOT, TINY_LABELS, colour_network, image_bytes
+from testing import ROOT
+from testing.samples import TINY_LABELS, image_bytes
 
 RED = image_bytes("PNG", colour=(255, 0, 0))
 

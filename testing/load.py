@@ -1,28 +1,18 @@
-"""Load for tests against a real server: client threads that send requests and note every outcome,
-and what gunicorn's processes look like (their ids, their memory) from /proc."""
+"""Clients for a real server on loopback: one request, raw bytes on a socket, or threads that
+send requests and note every outcome; and what gunicorn's processes look like (their ids,
+their memory) from /proc."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
-
-BOUNDARY = "----load-boundary-5b1e"
-
-
-def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
-    """A multipart/form-data body with one part per (field, bytes), and its Content-Type."""
-    body = b"".join(
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="f{i}"\r\n'
-        f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"
-        for i, (name, data) in enumerate(files)
-    )
-    return body + f"--{BOUNDARY}--\r\n".encode(), f"multipart/form-data; boundary={BOUNDARY}"
 
 
 @dataclass
@@ -39,6 +29,31 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.error is None and self.status is not None
+
+
+def raw_exchange(url: str, data: bytes, source: str | None = None) -> bytes:
+    """Send ``data`` on a raw socket (from ``source``, a loopback address, if given), close our
+    side so the server sees where it ends, and read the whole answer."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30,
+                                  source_address=(source, 0) if source else None) as sock:
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the server answered and closed before taking it all
+            pass
+        return read_response(sock)
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (or resets) the connection."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return b"".join(chunks)
 
 
 def send(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 60) -> tuple[int, object]:

@@ -1,6 +1,6 @@
 """Slow clients, as phones on bad links are: run as its own process by tests/test_front.py.
 
-    python -m tests.slow_clients URL --uploaders 200 --downloaders 200 --seconds 20 --path /model.onnx
+    python -m testing.slow_clients URL --uploaders 200 --downloaders 200 --seconds 20 --path /model.onnx
 
 Each client comes from its own loopback address (all of 127.0.0.0/8 is loopback), as phones
 do from theirs. An uploader sends a prediction request's headers, then its body at one byte

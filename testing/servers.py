@@ -1,4 +1,4 @@
-"""Start the real `web:` process from the Procfile on a free loopback port, for tests.
+"""Start the real `web:` process from the Procfile on a free loopback port, for tests and benchmarks.
 
 The Procfile runs the front (bin/start-nginx): nginx on $PORT in front of gunicorn on a unix
 socket. ``procfile_server`` yields the URL and a ``ProcfileServer``: its ``pid`` is gunicorn's
@@ -18,7 +18,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from . import ROOT
+
 
 
 def free_port() -> int:
@@ -134,23 +135,3 @@ def procfile_server(env: dict | None = None, log_path: Path | None = None, clien
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         log.close()
-
-
-def post_multipart(url: str, field: str, filename: str, data: bytes, timeout: float = 30):
-    """POST one file as multipart/form-data with the standard library; returns (status, body)."""
-    boundary = "----test-boundary-7d3f"
-    body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
-        f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(
-        url, data=body, method="POST",
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-

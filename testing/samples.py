@@ -1,0 +1,70 @@
+"""Inputs made on the spot: images of one colour, odd files, image folders, and a tiny model
+whose every answer is known in advance (a red image is "red")."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+from PIL import Image
+
+from . import ROOT
+
+# A few real images of the data set, kept in the repository (tests/fixtures/README.md): the
+# suite reads nothing outside it, so it passes on any clone.
+DATA_DIR = ROOT / "tests" / "fixtures" / "data"
+TINY_LABELS = ["red", "green", "blue"]
+
+
+def image_bytes(fmt: str = "PNG", mode: str = "RGB", size=(64, 48), colour=(255, 0, 0), **save) -> bytes:
+    """An image of one colour, encoded in ``fmt``."""
+    image = Image.new(mode, size, colour)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims the given size; its pixel data is garbage, so decoding would fail."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"junk") + chunk(b"IEND", b"")
+
+
+def make_image_folder(root: Path, classes=("alpha", "beta", "gamma"), per_class=10, fmt="PNG", suffix=".png") -> Path:
+    """A data set laid out as the notebook reads one: ``root/<class>/<class>NN<suffix>``."""
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    for index, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for n in range(per_class):
+            (folder / f"{name}{n:02d}{suffix}").write_bytes(image_bytes(fmt, colour=colours[index % 3], size=(40, 30)))
+    return root
+
+
+def colour_network():
+    """Scores each class by how much of its colour channel the image holds.
+
+    Predictions are known in advance (a red image is "red"), so tests can check answers.
+    """
+    import torch
+    from torch import nn
+
+    linear = nn.Linear(3, 3)
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(3) * 20.0)
+        linear.bias.zero_()
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), linear)
+
+
+def export_tiny_model(path: Path, version: str = "0.0.1", labels=TINY_LABELS) -> Path:
+    """The colour model as a model file; ``labels`` of another length breaks the contract."""
+    from classifier.export import export_model
+
+    meta = {"name": "tiny-colours", "version": version, "dataset": "synthetic"}
+    return export_model(colour_network(), labels, meta, path, mean=(0, 0, 0), std=(1, 1, 1))
