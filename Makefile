@@ -26,7 +26,7 @@ test: $(VENV)/.dev-installed $(CHROMIUM) $(NGINX) postgresql-server
 test-deploy: $(VENV)/.dev-installed $(NGINX)
 	$(VENV)/bin/python -m pytest -m deploy $(PYTEST_ARGS)
 
-# The benchmark (bench/README.md): every contender side by side, about 4 minutes here; it
+# The benchmark (bench/README.md, which says how long it takes): every contender side by side; it
 # rewrites bench/RESULTS.md, bench/results.json and bench/results.png.
 bench: $(VENV)/.dev-installed $(NGINX)
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)

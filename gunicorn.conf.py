@@ -24,10 +24,9 @@ preload_app = False
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 30
 keepalive = 5
-# Recycle workers now and then so that slow leaks in native libraries stay bounded. Measured
-# (bench/README.md): a worker's RSS is flat after warm-up, and a new worker spends seconds of
-# a core importing torch and warming up the model, so rarely: at full load (~70 requests/s
-# per worker) about every 5 minutes.
+# Recycle workers now and then so that slow leaks in native libraries stay bounded; rarely,
+# since a worker's RSS is flat after warm-up and a new worker costs a core for its start-up
+# and warm-up (measured: bench/README.md, "What the service does for speed").
 # The jitter keeps the workers from restarting together.
 max_requests = int(os.environ.get("MAX_REQUESTS", "20000"))
 max_requests_jitter = max_requests // 10

@@ -23,7 +23,9 @@ from pathlib import Path
 import psutil
 
 from testing.multipart import form_body
-from testing.servers import procfile_command
+# All the load comes from one address, so the front's per-client limits would measure
+# themselves: off here (docs/front.md says what they cost a client under them).
+from testing.servers import NO_CLIENT_LIMITS, procfile_command
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -31,9 +33,6 @@ BIN = Path(sys.executable).parent
 _OUR_SETTINGS = ("WEB_CONCURRENCY", "TORCH_THREADS", "GUNICORN_TIMEOUT", "MAX_REQUESTS", "MODEL_PATH",
                  "INFERENCE_ENGINE", "ONNX_MODEL_PATH", "VERIFIED_COPIES_DIR", "RATE_LIMIT", "RATE_LIMIT_BURST",
                  "CONNECTION_LIMIT", "CLIENT_TIMEOUT", "TRUSTED_PROXIES", "NGINX_WORKERS", "LISTEN_ADDRESS")
-# All the load comes from one address, so the front's per-client limits would measure
-# themselves: off here (docs/front.md says what they cost a client under them: nothing).
-NO_CLIENT_LIMITS = {"RATE_LIMIT": "0", "CONNECTION_LIMIT": "0"}
 
 
 @dataclass
@@ -119,12 +118,18 @@ def ours_at(revision: str):
         scratch = Path(tempfile.mkdtemp(prefix=f"ours-at-{commit}-")).resolve()
         archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=ROOT, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(scratch)], input=archive.stdout, check=True)
-        baseline = ours(port, model)
-        web = next(line.partition(":")[2].strip() for line in (scratch / "Procfile").read_text().splitlines()
-                   if line.partition(":")[0].strip() == "web")
-        baseline.command = ["sh", "-c", "exec " + web.replace("0.0.0.0:$PORT", f"127.0.0.1:{port}")]
+        if (scratch / "bin" / "start-nginx").is_file():
+            # A revision with the front: its Procfile as it stands, on loopback by LISTEN_ADDRESS.
+            baseline = ours(port, model)
+            baseline.command = ["sh", "-c", f"exec {procfile_command(root=scratch)}"]
+            baseline.config = f"the Procfile's `web` command at commit {commit}, defaults (engine: auto)"
+        else:
+            # Before the front the Procfile bound gunicorn to every interface on its command
+            # line, where no setting reaches: the same gunicorn and config, bound to loopback.
+            baseline = ours_direct(port, model)
+            baseline.config = (f"gunicorn with commit {commit}'s gunicorn.conf.py, as its Procfile ran it, "
+                               "bound to loopback; defaults (engine: auto)")
         baseline.name, baseline.title, baseline.cwd, baseline.scratch = "ours-before", f"ours at {commit}", scratch, scratch
-        baseline.config = f"the Procfile's `web` command at commit {commit}, defaults (engine: auto)"
         return baseline
 
     return contender

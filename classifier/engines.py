@@ -1,8 +1,8 @@
 """What runs the forward pass: the TorchScript file itself, or ONNX Runtime on its ONNX copy.
 
 ``model.zip`` is the contract and the source of truth. On this project's CPUs ONNX Runtime
-runs the same network about three times faster than TorchScript (docs/model-variants.md),
-with the same answers, and a worker that needs no torch holds far less memory
+runs the same network faster than TorchScript (docs/model-variants.md#which-to-serve
+measures by how much), with the same answers, and a worker that needs no torch holds far less memory
 (docs/memory.md). So where a verified ONNX copy of the served model sits beside it
 (``model.onnx``, made by ``python -m training.variants`` and named by its manifest), the
 service runs that copy instead; ``classifier/verified_copy.py`` says what "verified" means
@@ -62,9 +62,9 @@ class OnnxRuntimeEngine:
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # The arena keeps every block it ever allocated: after one /predict/batch of 16 images
-        # a worker would hold about 110 MB more for good. Without it the memory goes back,
-        # at no cost measurable here (8.9 ms per image either way).
+        # The arena keeps every block it ever allocated: after one large /predict/batch a
+        # worker would hold that batch's peak for good. Without it the memory goes back, at
+        # no cost in speed (both measured: docs/memory.md, "How it works").
         options.enable_cpu_mem_arena = False
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name

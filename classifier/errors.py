@@ -56,7 +56,7 @@ class InvalidParameter(InputError):
 
 
 class ModelContractError(Exception):
-    """A model file that does not meet the contract in BRIEF.md ("The model file")."""
+    """A model file that does not meet the model-file contract (docs/model.md#the-model-file)."""
 
 
 class TooManyFiles(InputError):

@@ -1,4 +1,4 @@
-"""Load a TorchScript model file and check it against the contract in BRIEF.md.
+"""Load a TorchScript model file and check it against the model-file contract (docs/model.md#the-model-file).
 
 Loading runs code from the file (TorchScript is a program), so only trusted files from
 disk are ever loaded; nothing here accepts a model over the network.

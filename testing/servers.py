@@ -28,8 +28,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def procfile_command(process: str = "web") -> str:
-    for line in (ROOT / "Procfile").read_text().splitlines():
+def procfile_command(process: str = "web", root: Path = ROOT) -> str:
+    """The command of ``process`` in the Procfile at ``root``, as the platform runs it."""
+    for line in (root / "Procfile").read_text().splitlines():
         name, _, command = line.partition(":")
         if name.strip() == process:
             return command.strip()

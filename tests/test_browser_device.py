@@ -30,7 +30,7 @@ PARITY_TOLERANCE = 0.01
 REPORT = ROOT / "test-results" / "device-parity.json"
 DEVICE_FILES = re.compile(r"/(model\.onnx(\.json)?|static/vendor/onnxruntime-web/.*)$")
 
-expect.set_options(timeout=60_000)  # the first device answer compiles 14 MB of WebAssembly
+expect.set_options(timeout=60_000)  # the first device answer compiles onnxruntime-web's WebAssembly
 
 
 @pytest.fixture(scope="module")

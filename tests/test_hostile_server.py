@@ -80,7 +80,7 @@ PREDICT_HEAD = (
 
 def test_slow_clients_hold_no_worker_and_are_served_when_their_request_is_whole(server):
     url = server[0]
-    # Two slow clients per worker: each takes about 3 s to send its headers or its body.
+    # Two slow clients per worker, each taking seconds to send its headers or its body.
     slow = [SlowClient(url, b"", PREDICT_HEAD[:10], rest=PREDICT_HEAD[10:] + RED) for _ in range(2)]
     slow += [SlowClient(url, PREDICT_HEAD, RED[:10], rest=RED[10:]) for _ in range(2)]
     for client in slow:

@@ -1,4 +1,4 @@
-"""The model.zip the repo ships meets the contract in BRIEF.md ("The model file")."""
+"""The model.zip the repo ships meets the model-file contract (docs/model.md#the-model-file)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def git_revision(repo: Path = REPO) -> str:
 
 
 def model_meta(name: str, version: str, dataset: str, metrics: dict, training: dict, revision: str) -> dict:
-    """meta.json for a trained model, as the contract in BRIEF.md asks."""
+    """meta.json for a trained model, as the model-file contract (docs/model.md#the-model-file) asks."""
     return {
         "name": name,
         "version": version,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from classifier import memory
 
-# Bodies at least this large leave enough behind to be worth a trim; the data set's
-# 256×256 JPEGs (about 20 KB) are far below it, a phone photo (1-5 MB) above it.
+# Bodies at least this large leave enough behind to be worth a trim: the data set's small
+# JPEGs are far below it, a phone's photo above it (docs/memory.md, "How it works").
 LARGE_BODY_BYTES = 256 * 1024
 BATCH_PATH = "/predict/batch"
 
