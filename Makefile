@@ -35,7 +35,7 @@ bench: $(VENV)/.dev-installed $(NGINX)
 # `make data ARCHIVE=~/Downloads/UCMerced_LandUse.zip` puts its images in data/ucmerced/,
 # where the notebook and the benchmark look (training/data_set.py). Standard library only.
 data:
-	@test -n "$(ARCHIVE)" || { echo "Download UCMerced_LandUse.zip (README, Data set), then: make data ARCHIVE=path/to/UCMerced_LandUse.zip"; exit 2; }
+	@test -n "$(ARCHIVE)" || { echo "Download UCMerced_LandUse.zip (docs/training.md, Data set), then: make data ARCHIVE=path/to/UCMerced_LandUse.zip"; exit 2; }
 	$(PYTHON) -m training.data_set "$(ARCHIVE)"
 
 install: $(VENV)/.run-installed
@@ -62,7 +62,7 @@ $(NGINX):
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y nginx
 
-# The monitoring tests start their own PostgreSQL server (tests/postgres.py) from Debian's
+# The monitoring tests start their own PostgreSQL server (testing/postgres.py) from Debian's
 # package; set POSTGRES_BIN to use binaries elsewhere.
 postgresql-server:
 	@ls $(or $(POSTGRES_BIN),/usr/lib/postgresql/*/bin)/initdb >/dev/null 2>&1 || { \

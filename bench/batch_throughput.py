@@ -21,7 +21,6 @@ import re
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from classifier.batch import find_images  # noqa: E402
 from classifier.model import read_meta  # noqa: E402
-from testing.load import send  # noqa: E402
+from testing.load import post_round  # noqa: E402
 from testing.multipart import form_body  # noqa: E402
 from testing.servers import procfile_server  # noqa: E402
 from training.data_set import add_data_option, data_set_or_exit  # noqa: E402
@@ -70,31 +69,7 @@ def run_cli(data: Path, model: str, batch_size: int) -> tuple[float, float]:
 def run_http(url: str, files: list[Path], clients: int) -> float:
     """Images/s for POST /predict of every file by ``clients`` threads sharing the list."""
     bodies = [form_body([("upload", path.read_bytes())]) for path in files]  # read before timing
-    queue = iter(range(len(bodies)))
-    lock = threading.Lock()
-    failures: list[str] = []
-
-    def client() -> None:
-        while True:
-            with lock:
-                index = next(queue, None)
-            if index is None:
-                return
-            body, content_type = bodies[index]
-            status, answer = send(url, "POST", "/predict", body, {"Content-Type": content_type})
-            if status != 200:
-                failures.append(f"{files[index]}: {status} {answer}")
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
-    if failures:
-        raise RuntimeError(f"{len(failures)} requests failed, e.g. {failures[0]}")
-    return len(files) / seconds
+    return post_round(url, bodies, len(bodies), clients)[0]
 
 
 def markdown(results: list[Measured], data: Path, count: int, reps: int, load_before: str, load_after: str) -> str:

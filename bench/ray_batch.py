@@ -9,7 +9,7 @@ FOLDER --output /dev/null``), interleaved in a new random order each round:
 - the single-machine command (threads decoding, one forward pass per core);
 - ``--ray`` without an address: a local Ray of one node with all the cores;
 - ``--ray ADDRESS``: a cluster of one node per core on this machine (``ray start``, as
-  tests/ray_cluster.py starts it), so that rows cross between nodes' object stores; with
+  testing/ray_cluster.py starts it), so that rows cross between nodes' object stores; with
   the default decoding in the model actors, and with ``--ray-decode tasks``.
 
 Each runs on the folder, and on the folder named three times (``--repeat``). Each run reports its own rate

@@ -6,7 +6,7 @@
 Every contender is the Procfile's gunicorn (2 workers, as deployed, default engine) on
 loopback, all started at once and left idle while another is measured: recording off
 (``RECORD_PREDICTIONS=0``), on with the default SQLite file, on with PostgreSQL (a real
-server on a unix socket, fsync on, started for the run by tests/postgres.py), and SQLite with
+server on a unix socket, fsync on, started for the run by testing/postgres.py), and SQLite with
 ``KEEP_IMAGES=1``. Each round sends ``--requests`` data-set JPEGs (``POST /predict``,
 multipart, a new connection each) at ``--concurrency`` clients to each contender in a new
 random order, so that whatever else the shared machine does falls on all of them. Short
@@ -23,8 +23,6 @@ import random
 import statistics
 import sys
 import tempfile
-import threading
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from testing.load import send  # noqa: E402
+from testing.load import post_round  # noqa: E402
 from testing.multipart import form_body  # noqa: E402
 from testing.postgres import PostgresServer  # noqa: E402
 from testing.servers import procfile_server  # noqa: E402
@@ -55,38 +53,6 @@ class Contender:
     throughputs: list[float] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     p50s: list[float] = field(default_factory=list)
-
-
-def run_round(url: str, bodies: list[tuple[bytes, str]], count: int, clients: int) -> tuple[float, list[float]]:
-    """Requests/s and every latency for ``count`` requests by ``clients`` threads sharing the list."""
-    queue = iter(range(count))
-    lock = threading.Lock()
-    latencies: list[float] = []
-    failures: list[str] = []
-
-    def client() -> None:
-        while True:
-            with lock:
-                index = next(queue, None)
-            if index is None:
-                return
-            body, content_type = bodies[index % len(bodies)]
-            started = time.perf_counter()
-            status, answer = send(url, "POST", "/predict", body, {"Content-Type": content_type})
-            latencies.append((time.perf_counter() - started) * 1000)
-            if status != 200:
-                failures.append(f"{status} {answer}")
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
-    if failures:
-        raise RuntimeError(f"{len(failures)} requests failed, e.g. {failures[0]}")
-    return count / seconds, latencies
 
 
 def markdown(contenders: list[Contender], args, load_before: str, load_after: str) -> str:
@@ -154,14 +120,14 @@ def main() -> None:
         for contender in contenders:
             log = Path(scratch) / f"{contender.name.replace(' ', '_')}.log"
             urls[contender.name] = stack.enter_context(procfile_server(env=contender.env, log_path=log))[0]
-            run_round(urls[contender.name], bodies, 16, 2)  # warm-up: every worker's first requests
+            post_round(urls[contender.name], bodies, 16, 2)  # warm-up: every worker's first requests
         print(f"[recording] {len(contenders)} servers up; {args.rounds} rounds of {args.requests} requests "
               f"at concurrency {args.concurrency}", flush=True)
         order = list(contenders)
         for round_ in range(args.rounds):
             random.Random(round_).shuffle(order)
             for contender in order:
-                throughput, latencies = run_round(urls[contender.name], bodies, args.requests, args.concurrency)
+                throughput, latencies = post_round(urls[contender.name], bodies, args.requests, args.concurrency)
                 contender.throughputs.append(throughput)
                 contender.latencies_ms += latencies
                 print(f"  round {round_ + 1}: {contender.name}: {throughput:.1f} requests/s", flush=True)

@@ -140,7 +140,7 @@ def reference(port: int, model: Path, workers: int = 2) -> Contender:
 
     It runs from a scratch directory holding only its ``app.py`` and a link to the model,
     as in the tutorial's repo, so that no gunicorn.conf.py of ours applies to it. Two
-    workers: the WEB_CONCURRENCY that Heroku sets for the dyno size our README asks for.
+    workers: the WEB_CONCURRENCY that Heroku sets for the dyno size docs/memory.md chooses.
     It has no /health, so it is ready when its first POST /predict answers 200.
     """
     scratch = Path(tempfile.mkdtemp(prefix="reference-app-")).resolve()

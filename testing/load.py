@@ -15,6 +15,39 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 
+def post_round(url: str, bodies: list[tuple[bytes, str]], count: int, clients: int) -> tuple[float, list[float]]:
+    """Requests/s and every latency (ms) of ``count`` POST /predict by ``clients`` threads taking
+    the (body, Content-Type) pairs in turn; RuntimeError if any answer is not 200."""
+    queue = iter(range(count))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    failures: list[str] = []
+
+    def client() -> None:
+        while True:
+            with lock:
+                index = next(queue, None)
+            if index is None:
+                return
+            body, content_type = bodies[index % len(bodies)]
+            started = time.perf_counter()
+            status, answer = send(url, "POST", "/predict", body, {"Content-Type": content_type})
+            latencies.append((time.perf_counter() - started) * 1000)
+            if status != 200:
+                failures.append(f"request {index}: {status} {answer}")
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"{len(failures)} requests failed, e.g. {failures[0]}")
+    return count / seconds, latencies
+
+
 @dataclass
 class Outcome:
     """One request: its status and parsed body, or the error that stopped it."""

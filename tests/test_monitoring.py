@@ -1,7 +1,7 @@
 """Recording, feedback and monitoring (web/db.py, web/recording.py, web/monitoring.py).
 
 Most tests run twice: on a SQLite file and on a real PostgreSQL server that the tests
-start (tests/postgres.py). The last ones run the real Procfile server, two workers.
+start (testing/postgres.py). The last ones run the real Procfile server, two workers.
 """
 
 from __future__ import annotations
@@ -413,14 +413,25 @@ def test_herokus_postgres_scheme_reaches_a_real_server(postgres, tiny_model_path
 # --- The database goes away --------------------------------------------------------------
 
 
-def test_a_stopped_database_fails_no_prediction(postgres, tiny_model_path, monkeypatch, caplog):
-    monkeypatch.setattr(record_writer, "RETRY_AFTER_S", 0)  # try the database again at once when it is back
+@pytest.fixture
+def on_postgres(postgres, tiny_model_path):
+    """An app recording into a new database of ``postgres``, and its test client."""
     app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_model_path), "TORCH_THREADS": 1,
                       "DATABASE_URL": postgres.new_database()})
-    client = app.test_client()
+    yield app, app.test_client()
+    db.get_database(app).engine.dispose()
+
+
+def records_lost(client) -> float:
+    return metric(client.get("/metrics").text, "prediction_records_lost_total", reason="database_unavailable")
+
+
+def test_a_stopped_database_fails_no_prediction(postgres, on_postgres, monkeypatch, caplog):
+    monkeypatch.setattr(record_writer, "RETRY_AFTER_S", 0)  # try the database again at once when it is back
+    app, client = on_postgres
     try:
         predict(client, RED)
-        lost_before = metric(client.get("/metrics").text, "prediction_records_lost_total", reason="database_unavailable")
+        lost_before = records_lost(client)
         postgres.stop()
 
         request_id, answer = predict(client, GREEN)  # answered all the same
@@ -436,24 +447,18 @@ def test_a_stopped_database_fails_no_prediction(postgres, tiny_model_path, monke
         postgres.start()
     predict(client, BLUE)  # recorded again once the database is back
     assert client.get("/monitoring").get_json()["predictions"] == {"total": 2, "by_label": {"blue": 1, "red": 1}}
-    db.get_database(app).engine.dispose()
 
 
-def test_a_database_restart_between_requests_loses_no_record(postgres, tiny_model_path):
+def test_a_database_restart_between_requests_loses_no_record(postgres, on_postgres):
     """The pooled connection dies with the old server; the next record takes a new one."""
-    app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_model_path), "TORCH_THREADS": 1,
-                      "DATABASE_URL": postgres.new_database()})
-    client = app.test_client()
-    try:
-        predict(client, RED)
-        lost = metric(client.get("/metrics").text, "prediction_records_lost_total", reason="database_unavailable")
-        postgres.stop()
-        postgres.start()
-        predict(client, GREEN)
-        assert [row.label for row in rows(app)] == ["red", "green"]
-        assert metric(client.get("/metrics").text, "prediction_records_lost_total", reason="database_unavailable") == lost
-    finally:
-        db.get_database(app).engine.dispose()
+    app, client = on_postgres
+    predict(client, RED)
+    lost = records_lost(client)
+    postgres.stop()
+    postgres.start()
+    predict(client, GREEN)
+    assert [row.label for row in rows(app)] == ["red", "green"]
+    assert records_lost(client) == lost
 
 
 def test_a_sqlite_file_that_cannot_be_made_fails_no_prediction(tiny_model_path, tmp_path, caplog):

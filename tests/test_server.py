@@ -50,5 +50,5 @@ def test_procfile_server_runs_two_workers_that_loaded_after_fork(server):
     deadline = time.monotonic() + 30
     while log.read_text().count("loaded in") < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    loaded_by = set(re.findall(r"\[(\d+)\] \[INFO\] app: model .* loaded in", log.read_text()))
+    loaded_by = set(re.findall(r"\[(\d+)\] \[INFO\] web.served_model: model .* loaded in", log.read_text()))
     assert len(loaded_by) == 2, log.read_text()  # each worker loads its own model, after fork

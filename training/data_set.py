@@ -54,7 +54,7 @@ def find_data_set(path: str | Path | None = None) -> Path:
 def add_data_option(parser: argparse.ArgumentParser) -> None:
     """The ``--data`` option of every command that reads the data set."""
     parser.add_argument("--data", help="a folder of <class>/<image> or UCMerced_LandUse.zip; "
-                        "default: training/data_set.py's (the README's Data set section)")
+                        "default: training/data_set.py's (docs/training.md, Data set)")
 
 
 def data_set_or_exit(parser: argparse.ArgumentParser, path: str | Path | None) -> Path:

@@ -20,23 +20,21 @@ def default_torch_threads() -> int:
 
 
 def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"{name} must be an integer, not {raw!r}") from None
+    return _parsed_env(name, default, int, "an integer")
 
 
 def _float_env(name: str, default: float) -> float:
+    return _parsed_env(name, default, float, "a number")
+
+
+def _parsed_env(name: str, default, parse, kind: str):
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        return float(raw)
+        return parse(raw)
     except ValueError:
-        raise SystemExit(f"{name} must be a number, not {raw!r}") from None
+        raise SystemExit(f"{name} must be {kind}, not {raw!r}") from None
 
 
 def _flag_env(name: str, default: bool) -> bool:
