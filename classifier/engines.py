@@ -23,7 +23,8 @@ from .model import LoadedModel
 
 ENGINES = ("auto", "onnxruntime", "torchscript")
 # Largest difference in any class probability between the two engines that still counts as
-# the same model: float rounding gives about 1e-6, a different model gives far more.
+# the same model: float rounding stays far below it, a different model far above
+# (docs/model-variants.md has the agreement measured).
 AGREEMENT_TOLERANCE = 1e-4
 
 
