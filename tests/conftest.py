@@ -1,4 +1,5 @@
-"""Fixtures shared by the tests: a tiny model file, apps built from it, and images."""
+"""Fixtures shared by the tests: tiny model files, apps built from them, the data-set images,
+Chromium. What the fixtures are made of, and what benchmarks share with the tests, is in testing/."""
 
 from __future__ import annotations
 
