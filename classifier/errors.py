@@ -1,7 +1,10 @@
-"""Errors a caller can act on, each with the HTTP status the web layer answers with.
+"""Errors a caller can act on.
 
-The status lives here rather than in the views so that one table decides how every
-kind of bad input is reported, whether it arrives over HTTP or through the CLI.
+Bad input (``InputError`` and its kinds) carries its code and the HTTP status the web layer
+answers with: the status lives here rather than in the views so that one table decides how
+every kind of bad input is reported, whether it arrives over HTTP, in a batch or through the
+CLI. A model file that must not be served (``ModelContractError``) and an ONNX copy that
+cannot be used (``OnnxCopyUnavailable``) are the operator's to fix, not a request's.
 """
 
 
