@@ -121,7 +121,7 @@ def classify_loaded(
     classifier: Classifier, loaded: Sequence[tuple[Path | str, Image.Image | InputError]], top_k: int | None
 ) -> list[FileResult]:
     """One forward pass over ``(path, load_file's result)`` pairs, a result per file."""
-    outcomes = classifier.classify_prepared([item for _, item in loaded], top_k)
+    outcomes = classifier.classify_prepared([item for _, item in loaded], top_k, images_per_pass=len(loaded) or 1)
     return [FileResult.of(str(path), outcome) for (path, _), outcome in zip(loaded, outcomes)]
 
 

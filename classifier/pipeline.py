@@ -1,7 +1,9 @@
 """The served model as one object: setup once, then decode → preprocess → predict → encode.
 
-Modelled on LitServe's LitAPI. The web layer and the CLI call ``classify`` and
-``classify_many``; each step is also usable alone.
+Modelled on LitServe's LitAPI. ``classify`` and ``classify_many`` take bytes; the API's views
+and the batch command ``prepare`` first and keep the prepared images (for the monitoring
+record, or to decode ahead in threads), then ``classify_prepared``. Each step is also usable
+alone.
 """
 
 from __future__ import annotations
@@ -157,6 +159,14 @@ class Classifier:
     def decode(self, data: bytes) -> Image.Image:
         return decode_image(data, max_pixels=self.max_pixels)
 
+    def prepare(self, data: bytes) -> Image.Image:
+        """An upload decoded and shrunk to the model's input; raises ``InputError`` on bad input."""
+        return resize_for_model(self.decode(data))
+
+    def prepare_many(self, items: Sequence[bytes]) -> list[Image.Image | InputError]:
+        """``prepare_item`` for each upload: a bad one yields its error in place."""
+        return [prepare_item(data, self.max_pixels) for data in items]
+
     def predict(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Class probabilities, N×C, for already-decoded images."""
         batch = to_batch(images)
@@ -174,26 +184,29 @@ class Classifier:
 
     def classify(self, data: bytes, top_k: int | None = None) -> Prediction:
         """Bytes of one image in, its prediction out; raises ``InputError`` on bad input."""
-        probabilities = self.predict([self.decode(data)])
-        return self.encode(probabilities[0], top_k)
+        return self.classify_prepared([self.prepare(data)], top_k)[0]
 
     def classify_prepared(
-        self, items: Sequence[Image.Image | InputError], top_k: int | None = None
+        self,
+        items: Sequence[Image.Image | InputError],
+        top_k: int | None = None,
+        images_per_pass: int = IMAGES_PER_FORWARD,
     ) -> list[Prediction | InputError]:
-        """One forward pass over the images among ``items`` (``prepare_item``'s); an error stays in its place."""
-        images = [item for item in items if not isinstance(item, InputError)]
-        probabilities = iter(self.predict(images) if images else ())
-        return [item if isinstance(item, InputError) else self.encode(next(probabilities), top_k) for item in items]
+        """Predictions for prepared items (``prepare``'s, ``prepare_item``'s), ``images_per_pass``
+        items per forward pass; an error stays in its place."""
+        results: list[Prediction | InputError] = []
+        for start in range(0, len(items), images_per_pass):
+            chunk = items[start : start + images_per_pass]
+            images = [item for item in chunk if not isinstance(item, InputError)]
+            probabilities = iter(self.predict(images) if images else ())
+            results += [item if isinstance(item, InputError) else self.encode(next(probabilities), top_k) for item in chunk]
+        return results
 
     def classify_many(
         self, items: Sequence[bytes], top_k: int | None = None
     ) -> list[Prediction | InputError]:
         """Classify several images, a few per forward pass; a bad item yields its error in place."""
-        prepared = [prepare_item(data, self.max_pixels) for data in items]
-        results: list[Prediction | InputError] = []
-        for start in range(0, len(prepared), IMAGES_PER_FORWARD):
-            results += self.classify_prepared(prepared[start : start + IMAGES_PER_FORWARD], top_k)
-        return results
+        return self.classify_prepared(self.prepare_many(items), top_k)
 
 
 def prepare_item(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image | InputError:

@@ -34,9 +34,9 @@ _RAW_BODY_TYPES = ("image/", "application/octet-stream")
 def predict():
     classifier = get_classifier()
     top_k = classifier.parse_top_k(query_value("top"))
-    upload = read_upload()
-    prediction = classifier.classify(upload, top_k=top_k)
-    record_predictions(classifier, [upload], [prediction])
+    image = classifier.prepare(read_upload())
+    prediction = classifier.classify_prepared([image], top_k=top_k)[0]
+    record_predictions(classifier, [image], [prediction])
     return jsonify(prediction.to_json())
 
 
@@ -45,9 +45,9 @@ def predict():
 def predict_batch():
     classifier = get_classifier()
     top_k = classifier.parse_top_k(query_value("top"))
-    uploads = read_batch_uploads(current_app.config["MAX_BATCH_FILES"])
-    results = classifier.classify_many(uploads, top_k=top_k)
-    record_predictions(classifier, uploads, results)
+    images = classifier.prepare_many(read_batch_uploads(current_app.config["MAX_BATCH_FILES"]))
+    results = classifier.classify_prepared(images, top_k=top_k)
+    record_predictions(classifier, images, results)
     return jsonify({"results": [batch_item_json(result) for result in results]})
 
 

@@ -18,10 +18,10 @@ import logging
 from typing import Sequence
 
 from flask import Flask, current_app
+from PIL import Image
 from prometheus_client import Counter
 
 from classifier.errors import InputError
-from classifier.images import decode_image, resize_for_model
 
 from . import db
 from .access_log import request_id
@@ -35,14 +35,15 @@ PREDICTIONS = Counter("model_predictions", "Predictions answered, by model, vers
                       ["model", "version", "label"])
 
 
-def record_predictions(classifier, uploads: Sequence[bytes], results: Sequence) -> None:
+def record_predictions(classifier, images: Sequence, results: Sequence) -> None:
     """Count and queue the predictions of this request (a batch's errors, in place, are skipped).
 
-    ``classifier`` is the served ``Classifier``; ``results`` its ``Prediction`` for each upload,
-    or the ``InputError`` that image got.
+    ``classifier`` is the served ``Classifier``; ``images`` what it prepared of each upload
+    (``Classifier.prepare``), ``results`` its ``Prediction`` for each, or the ``InputError``
+    that item got.
     """
     name, version = classifier.model.name, classifier.model.version  # properties: read once
-    answered = [(item, upload, result) for item, (upload, result) in enumerate(zip(uploads, results))
+    answered = [(item, image, result) for item, (image, result) in enumerate(zip(images, results))
                 if not isinstance(result, InputError)]
     for _, _, prediction in answered:
         PREDICTIONS.labels(name, version, prediction.top[0][0]).inc()
@@ -53,8 +54,8 @@ def record_predictions(classifier, uploads: Sequence[bytes], results: Sequence) 
     writer(current_app).submit([
         Record(rid, item, now, name, version, prediction.top[0][0], prediction.top[0][1],
                [[label, score] for label, score in prediction.top],
-               kept_image(upload, classifier.max_pixels) if keep else None)
-        for item, upload, prediction in answered
+               png_bytes(image) if keep else None)
+        for item, image, prediction in answered
     ])
 
 
@@ -82,12 +83,8 @@ def init_app(app: Flask) -> None:
                                               flush_s=int(config["RECORD_FLUSH_MS"]) / 1000, prune=prune)
 
 
-def kept_image(upload: bytes, max_pixels: int) -> bytes | None:
+def png_bytes(image: Image.Image) -> bytes:
     """The image as the model saw it (decoded, upright, 224x224), as PNG bytes."""
-    try:
-        image = resize_for_model(decode_image(upload, max_pixels=max_pixels))
-    except InputError:  # it was classified, so it decodes; but never fail the answer
-        return None
     buffer = io.BytesIO()
     # The fastest compression: the request waits for it (docs/monitoring.md has the figures).
     image.save(buffer, format="PNG", compress_level=1)
