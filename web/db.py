@@ -219,20 +219,38 @@ def get_db() -> Connection:
 
 
 def run(work):
-    """``work(connection)`` in a transaction on this request's connection; its result.
-
-    A connection the database dropped since it was last used (a restart, a fail-over) is
-    replaced once.
-    """
-    for attempt in (1, 2):
+    """``work(connection)`` in a transaction on this request's connection; its result."""
+    def attempt():
         connection = get_db()
         try:
             with connection.begin():
                 return work(connection)
-        except DBAPIError as error:
-            close_db()
-            if attempt == 2 or not error.connection_invalidated:
-                raise
+        except DBAPIError:
+            close_db()  # a retry opens a fresh one
+            raise
+
+    return once_more_if_dropped(attempt)
+
+
+def in_transaction(engine: Engine, work):
+    """``work(connection)`` in a transaction of its own, outside any request (the record
+    writer's thread); its result."""
+    def attempt():
+        with engine.begin() as connection:
+            return work(connection)
+
+    return once_more_if_dropped(attempt)
+
+
+def once_more_if_dropped(attempt):
+    """``attempt()``, and once more if it failed on a connection the database had dropped
+    since it was last used (a restart, a fail-over)."""
+    try:
+        return attempt()
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+    return attempt()
 
 
 def close_db(_error=None) -> None:

@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple
 
 from prometheus_client import Counter
 from sqlalchemy import insert
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import db
 
@@ -158,16 +158,9 @@ class RecordWriter:
         self._maybe_prune()
 
     def _insert(self, rows: list[dict]) -> None:
-        """One transaction; a pooled connection the database dropped (a restart) is replaced once."""
+        """One transaction (``db.in_transaction``: a dropped connection is replaced once)."""
         self.database.ensure_schema()
-        for attempt in (1, 2):
-            try:
-                with self.database.engine.begin() as connection:
-                    connection.execute(_INSERT, rows)
-                return
-            except DBAPIError as error:
-                if attempt == 2 or not error.connection_invalidated:
-                    raise
+        db.in_transaction(self.database.engine, lambda connection: connection.execute(_INSERT, rows))
 
     def _write_one_by_one(self, rows: list[dict]) -> None:
         for row in rows:

@@ -76,8 +76,8 @@ def init_app(app: Flask) -> None:
     database = db.get_database(app)
 
     def prune() -> int:
-        with database.engine.begin() as connection:
-            return db.prune(connection, config["RETENTION_DAYS"], config["RETENTION_MAX_PREDICTIONS"])
+        return db.in_transaction(database.engine, lambda connection: db.prune(
+            connection, config["RETENTION_DAYS"], config["RETENTION_MAX_PREDICTIONS"]))
 
     app.extensions[WRITER_KEY] = RecordWriter(database, queue_limit=int(config["RECORD_QUEUE_LIMIT"]),
                                               flush_s=int(config["RECORD_FLUSH_MS"]) / 1000, prune=prune)
