@@ -220,9 +220,10 @@ def serve_verified_copy(
     started = time.perf_counter()
     if not onnx_path:
         raise OnnxCopyUnavailable("no ONNX copy is configured (ONNX_MODEL_PATH is empty).")
-    # Cheap refusals first, without hashing or a subprocess: no copy, or one made from another model.
-    matching_onnx_copy(onnx_path, model_path)
-    model_sha256, onnx_sha256 = file_sha256(model_path), file_sha256(onnx_path)
+    # Cheap refusals first, without a subprocess: no copy, or one made from another model. The
+    # copy's hash is its manifest's, which that check just compared with the file.
+    onnx_sha256 = matching_onnx_copy(onnx_path, model_path).manifest["sha256"]
+    model_sha256 = file_sha256(model_path)
     check = store.find(model_sha256, onnx_sha256)
     if check is None:
         log.info("no check on record for %s and %s: checking now, in a subprocess", model_path, onnx_path)
@@ -252,9 +253,9 @@ def check_once(model_path: str | Path, onnx_path: str | Path | None, store: Chec
     """
     if not onnx_path:
         raise OnnxCopyUnavailable("no ONNX copy is configured (ONNX_MODEL_PATH is empty).")
-    matching_onnx_copy(onnx_path, model_path)
+    onnx_sha256 = matching_onnx_copy(onnx_path, model_path).manifest["sha256"]  # compared with the file
     if reuse:
-        check = store.find(file_sha256(model_path), file_sha256(onnx_path))
+        check = store.find(file_sha256(model_path), onnx_sha256)
         if check is not None:
             return check
     check = check_copy(model_path, onnx_path)
