@@ -10,6 +10,7 @@ from __future__ import annotations
 from flask import Flask
 from flask_cors import CORS
 
+from front.config import cors_origins
 from web import access_log, metrics, monitoring, served_model
 from web.api import api
 from web.cli import register_commands
@@ -33,7 +34,9 @@ def create_app(config: dict | None = None) -> Flask:
     # Request id and metrics first, so that their hooks see every request.
     access_log.init_app(app)
     metrics.init_app(app)
-    CORS(app, origins=_origins(app.config["CORS_ORIGINS"]), expose_headers=[access_log.REQUEST_ID_HEADER])
+    # Read as the front reads it, so that nginx's own answers and the app's allow the same origins.
+    origins = cors_origins(app.config["CORS_ORIGINS"])
+    CORS(app, origins="*" if origins == ("*",) else list(origins), expose_headers=[access_log.REQUEST_ID_HEADER])
     register_error_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(pages)
@@ -43,11 +46,6 @@ def create_app(config: dict | None = None) -> Flask:
 
     served_model.init_app(app)
     return app
-
-
-def _origins(raw: str):
-    origins = [origin.strip() for origin in raw.split(",") if origin.strip()]
-    return "*" if origins in ([], ["*"]) else origins
 
 
 def __getattr__(name: str):

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "config" / "nginx.conf.template"
 MEGABYTE = 1024 * 1024
 
-# Compressed where it pays: text and WebAssembly shrink to about a quarter; images and the
-# ONNX weights do not shrink, so they are sent as they are (docs/front.md has the figures).
+# Compressed where it pays: text and WebAssembly shrink well; images and the ONNX weights do
+# not, so they are sent as they are (docs/front.md has the figures).
 GZIP_TYPES = ("text/css", "text/plain", "application/javascript", "application/json", "application/wasm",
               "image/svg+xml")
 # Level 5: higher levels cost nginx more CPU on every send for little more saving (what level 5
@@ -88,7 +88,7 @@ class FrontSettings:
             client_timeout=_int(env, "CLIENT_TIMEOUT", 30),
             trusted_proxies=_trusted_proxies(env),
             max_upload_mb=_int(env, "MAX_UPLOAD_MB", 20),
-            cors_origins=_origins(env.get("CORS_ORIGINS", "*")),
+            cors_origins=cors_origins(env.get("CORS_ORIGINS", "*")),
             app_timeout=_int(env, "GUNICORN_TIMEOUT", 30),
             nginx_workers=_int(env, "NGINX_WORKERS", 2),
         )
@@ -162,7 +162,8 @@ def _trusted_proxies(env) -> tuple[str, ...]:
     return tuple(networks)
 
 
-def _origins(raw: str) -> tuple[str, ...]:
+def cors_origins(raw: str) -> tuple[str, ...]:
+    """CORS_ORIGINS as the app and nginx both read it: ("*",) for any, else each origin."""
     origins = tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
     return ("*",) if origins in ((), ("*",)) else origins
 

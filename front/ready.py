@@ -2,8 +2,8 @@
 
 ``bin/start-nginx`` sets ``APP_READY_FILE`` and starts nginx, which opens ``$PORT``, only
 once that file exists: until then the platform's router finds nothing listening and sends
-no traffic. Each worker runs ``post_worker_init`` after it loaded the app (app.py loads and
-warms up the model), leaves a mark, and the one that completes the set writes the file.
+no traffic. Each worker runs ``post_worker_init`` after it loaded the app (web/served_model.py
+loads and warms up the model), leaves a mark, and the one that completes the set writes the file.
 """
 
 from __future__ import annotations
