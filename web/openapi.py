@@ -13,7 +13,9 @@ from flask import Flask
 
 from classifier.pipeline import DEFAULT_TOP_K
 
+from .access_log import REQUEST_ID_PATTERN
 from .errors import human_size
+from .settings import DURATION_PATTERN, MAX_DURATION_S
 
 OPENAPI_VERSION = "3.0.3"
 API_VERSION = "1.0.0"
@@ -227,9 +229,10 @@ def _monitoring_paths(app: Flask) -> dict:
                         "name": "window",
                         "in": "query",
                         "required": False,
-                        "description": "How far back to look: a whole number and s, m, h or d (at most 3650d); empty means the default.",
+                        "description": "How far back to look: a whole number and s, m, h or d (at most "
+                                       f"{MAX_DURATION_S // 86400}d); empty means the default.",
                         "allowEmptyValue": True,
-                        "schema": {"type": "string", "pattern": "^[0-9]{1,7}[smhd]$",
+                        "schema": {"type": "string", "pattern": f"^{DURATION_PATTERN.pattern}$",
                                    "default": app.config["MONITORING_WINDOW"]},
                     }
                 ],
@@ -244,6 +247,8 @@ def _monitoring_paths(app: Flask) -> dict:
 
 
 def _monitoring_schemas(label: dict) -> dict:
+    from .monitoring import MAX_ITEM  # web/monitoring.py imports this module's caller
+
     share = {"type": "number", "minimum": 0, "maximum": 1, "nullable": True}
     count = {"type": "integer", "minimum": 0}
     return {
@@ -251,9 +256,9 @@ def _monitoring_schemas(label: dict) -> dict:
             "type": "object",
             "required": ["request_id", "label"],
             "properties": {
-                "request_id": {"type": "string", "pattern": "^[A-Za-z0-9._:+/=-]{1,128}$"},
+                "request_id": {"type": "string", "pattern": f"^{REQUEST_ID_PATTERN.pattern}$"},
                 "label": label,
-                "item": {"type": "integer", "minimum": 0, "maximum": 10000, "default": 0},
+                "item": {"type": "integer", "minimum": 0, "maximum": MAX_ITEM, "default": 0},
             },
         },
         "Feedback": {

@@ -42,19 +42,19 @@ def _flag_env(name: str, default: bool) -> bool:
     return default if not raw else raw not in ("0", "false", "no", "off")
 
 
-_DURATION = re.compile(r"([0-9]{1,7})([smhd])")
+DURATION_PATTERN = re.compile(r"([0-9]{1,7})([smhd])")
 _SECONDS_PER_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION_S = 3650 * 86400  # ten years: any window longer is a mistake
 
 
 def parse_duration(raw: str) -> int:
     """Seconds in a duration such as ``90s``, ``15m``, ``24h`` or ``7d``; ValueError otherwise."""
-    match = _DURATION.fullmatch(raw.strip()) if isinstance(raw, str) else None
+    match = DURATION_PATTERN.fullmatch(raw.strip()) if isinstance(raw, str) else None
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"a duration is a whole number and a unit (s, m, h or d), such as 24h; not {raw!r}")
     seconds = int(match.group(1)) * _SECONDS_PER_UNIT[match.group(2)]
     if seconds > MAX_DURATION_S:
-        raise ValueError(f"{raw!r} is longer than the longest window, 3650d")
+        raise ValueError(f"{raw!r} is longer than the longest window, {MAX_DURATION_S // 86400}d")
     return seconds
 
 
