@@ -52,22 +52,23 @@ $(VENV)/.dev-installed: requirements.txt requirements-train.txt requirements-dev
 	$(PIP) -r requirements-dev.txt
 	touch $@ $(VENV)/.run-installed
 
+# Debian's packages for what the tests and the front run, installed where they are missing.
+APT_INSTALL = $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y
+
 $(CHROMIUM):
 	@command -v apt-get >/dev/null || { echo "The browser tests need Chromium at $(CHROMIUM): install it, or set CHROMIUM=/path/to/chromium."; exit 1; }
-	$(SUDO) apt-get update
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-dejavu-core
+	$(APT_INSTALL) chromium fonts-dejavu-core
 
 $(NGINX):
 	@command -v apt-get >/dev/null || { echo "The server runs behind nginx at $(NGINX): install it, or set NGINX=/path/to/nginx."; exit 1; }
-	$(SUDO) apt-get update
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y nginx
+	$(APT_INSTALL) nginx
 
 # The monitoring tests start their own PostgreSQL server (testing/postgres.py) from Debian's
 # package; set POSTGRES_BIN to use binaries elsewhere.
 postgresql-server:
 	@ls $(or $(POSTGRES_BIN),/usr/lib/postgresql/*/bin)/initdb >/dev/null 2>&1 || { \
 	  command -v apt-get >/dev/null || { echo "The monitoring tests need PostgreSQL's server binaries: install them, or set POSTGRES_BIN."; exit 1; }; \
-	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
+	  $(APT_INSTALL) postgresql; }
 
 # The model's other forms (ONNX for the browser, int8) and docs/model-variants.md, from model.zip.
 variants: $(VENV)/.dev-installed

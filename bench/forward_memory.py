@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from testing.samples import DATA_DIR, dataset_jpegs
+
 ROOT = Path(__file__).resolve().parents[1]
 
 PER_FORWARD = """
@@ -78,10 +80,10 @@ def run(code: str, *args: str) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT / "tests" / "fixtures" / "data" / "ucmerced",
+    parser.add_argument("--data", type=Path, default=DATA_DIR / "ucmerced",
                         help="a folder of class folders of JPEGs; the first of each class is used")
     args = parser.parse_args(argv)
-    files = [str(sorted(folder.glob("*.jpg"))[0]) for folder in sorted(args.data.iterdir()) if folder.is_dir()]
+    files = [str(path) for path in dataset_jpegs(args.data, per_class=1)]
     files = (files * 16)[:16]
     print("| images per forward pass | peak RSS over idle | ms per image |")
     print("| ---: | ---: | ---: |")

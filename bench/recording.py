@@ -34,12 +34,12 @@ sys.path.insert(0, str(ROOT))
 
 from testing.load import post_round  # noqa: E402
 from testing.multipart import form_body  # noqa: E402
+from testing.samples import dataset_jpegs  # noqa: E402
 from testing.postgres import PostgresServer  # noqa: E402
 from testing.servers import procfile_server  # noqa: E402
 from training.data_set import add_data_option, data_set_or_exit  # noqa: E402
 from training.latency import load_average, machine_description  # noqa: E402
 
-from .workload import dataset_jpegs  # noqa: E402
 
 # Settings of ours that the caller's shell might hold; the benchmark serves the defaults.
 _OUR_SETTINGS = ("WEB_CONCURRENCY", "TORCH_THREADS", "MODEL_PATH", "INFERENCE_ENGINE", "DATABASE_URL",
@@ -52,7 +52,6 @@ class Contender:
     env: dict
     throughputs: list[float] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
-    p50s: list[float] = field(default_factory=list)
 
 
 def markdown(contenders: list[Contender], args, load_before: str, load_after: str) -> str:

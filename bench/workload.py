@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from training.data_set import image_files
+from testing.samples import dataset_jpegs
 
 PHONE_SIZE = (4000, 3000)
 
@@ -30,13 +30,6 @@ class Workload:
         path = directory / f"{self.name}.txt"
         path.write_text("".join(f"{file}\n" for file in self.files))
         return path
-
-
-def dataset_jpegs(data_set: Path, per_class: int = 4) -> list[Path]:
-    """The first ``per_class`` images of every class of ``data_set``, interleaved class by class."""
-    classes = sorted(p for p in data_set.iterdir() if p.is_dir())
-    columns = [image_files(c)[:per_class] for c in classes]
-    return [column[i] for i in range(per_class) for column in columns if i < len(column)]
 
 
 def upscaled_phone_jpeg(source: Path, target: Path) -> Path:

@@ -14,38 +14,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-
-def post_round(url: str, bodies: list[tuple[bytes, str]], count: int, clients: int) -> tuple[float, list[float]]:
-    """Requests/s and every latency (ms) of ``count`` POST /predict by ``clients`` threads taking
-    the (body, Content-Type) pairs in turn; RuntimeError if any answer is not 200."""
-    queue = iter(range(count))
-    lock = threading.Lock()
-    latencies: list[float] = []
-    failures: list[str] = []
-
-    def client() -> None:
-        while True:
-            with lock:
-                index = next(queue, None)
-            if index is None:
-                return
-            body, content_type = bodies[index % len(bodies)]
-            started = time.perf_counter()
-            status, answer = send(url, "POST", "/predict", body, {"Content-Type": content_type})
-            latencies.append((time.perf_counter() - started) * 1000)
-            if status != 200:
-                failures.append(f"request {index}: {status} {answer}")
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
-    if failures:
-        raise RuntimeError(f"{len(failures)} requests failed, e.g. {failures[0]}")
-    return count / seconds, latencies
+from .servers import child_pids
 
 
 @dataclass
@@ -173,10 +142,28 @@ class Load:
                 self.outcomes.append(outcome)
 
 
+def post_round(url: str, bodies: list[tuple[bytes, str]], count: int, clients: int) -> tuple[float, list[float]]:
+    """Requests/s and every latency (ms) of ``count`` POST /predict by ``clients`` threads taking
+    the (body, Content-Type) pairs in turn; RuntimeError if any answer is not 200."""
+    def request(_thread: int, index: int):
+        body, content_type = bodies[index % len(bodies)]
+        return "predict", *send(url, "POST", "/predict", body, {"Content-Type": content_type})
+
+    load = Load(request, threads=clients, total=count)
+    started = time.perf_counter()
+    with load:
+        load.wait()
+    seconds = time.perf_counter() - started
+    failures = [outcome for outcome in load.outcomes if outcome.status != 200]
+    if failures:
+        first = failures[0]
+        raise RuntimeError(f"{len(failures)} requests failed, e.g. {first.status} {first.error or first.body}")
+    return count / seconds, [(outcome.finished - outcome.started) * 1000 for outcome in load.outcomes]
+
+
 def worker_pids(master_pid: int) -> set[int]:
     """gunicorn's workers: the master's child processes."""
-    children = Path(f"/proc/{master_pid}/task/{master_pid}/children")
-    return {int(pid) for pid in children.read_text().split()}
+    return set(child_pids(master_pid))
 
 
 def wait_for_workers(master_pid: int, count: int, exclude: set[int] = frozenset(), timeout: float = 90) -> set[int]:

@@ -9,17 +9,17 @@ import uuid
 from typing import Sequence
 
 
-def form_body(files: Sequence[tuple[str, bytes]], field: str = "file", boundary: str | None = None) -> tuple[bytes, str]:
-    """One part named ``field`` per (file name, bytes), as ``curl -F file=@a.jpg -F file=@b.jpg``.
+def form_body(files: Sequence[tuple[str, bytes]]) -> tuple[bytes, str]:
+    """One part named ``file`` per (file name, bytes), as ``curl -F file=@a.jpg -F file=@b.jpg``.
 
-    Returns (body, Content-Type). Each body gets a fresh random boundary unless one is given,
-    as curl, browsers and ``requests`` do: a server that cached something per boundary would
-    otherwise look faster than it is with real clients.
+    Returns (body, Content-Type). Each body gets a fresh random boundary, as curl, browsers
+    and ``requests`` do: a server that cached something per boundary would otherwise look
+    faster than it is with real clients.
     """
-    boundary = boundary or uuid.uuid4().hex
+    boundary = uuid.uuid4().hex
     parts = [
         (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
             f"Content-Type: {mimetypes.guess_type(filename)[0] or 'application/octet-stream'}\r\n\r\n"
         ).encode() + data + b"\r\n"
         for filename, data in files

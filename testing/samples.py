@@ -26,6 +26,16 @@ def image_bytes(fmt: str = "PNG", mode: str = "RGB", size=(64, 48), colour=(255,
     return buffer.getvalue()
 
 
+def dataset_jpegs(data_set: Path, per_class: int = 4) -> list[Path]:
+    """The first ``per_class`` images of every class of ``data_set``, interleaved class by class
+    (so the first of them are one of each class)."""
+    from training.data_set import image_files
+
+    classes = sorted(p for p in data_set.iterdir() if p.is_dir())
+    columns = [image_files(c)[:per_class] for c in classes]
+    return [column[i] for i in range(per_class) for column in columns if i < len(column)]
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims the given size; its pixel data is garbage, so decoding would fail."""
 

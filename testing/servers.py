@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,23 +17,18 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from deploy.paas import free_port, web_command  # noqa: F401 (free_port: for the tests)
+
 from . import ROOT
 
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def procfile_command(process: str = "web", root: Path = ROOT) -> str:
-    """The command of ``process`` in the Procfile at ``root``, as the platform runs it."""
-    for line in (root / "Procfile").read_text().splitlines():
-        name, _, command = line.partition(":")
-        if name.strip() == process:
-            return command.strip()
-    raise LookupError(f"no {process!r} process in the Procfile")
+def procfile_command(root: Path = ROOT) -> str:
+    """The Procfile's ``web`` command at ``root``, read as the platform (deploy/paas.py) reads it."""
+    command = web_command(root)
+    if command is None:
+        raise LookupError(f"no 'web' process in {root / 'Procfile'}")
+    return command
 
 
 def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 90.0) -> float:
@@ -84,9 +78,6 @@ class ProcfileServer:
         """gunicorn's master: what tests signal, and whose children are the workers."""
         return self.gunicorn_pid
 
-    def poll(self):
-        return self.process.poll()
-
     @property
     def run_dir(self) -> Path:
         """The front's private directory: the app's socket, nginx's configuration."""
@@ -99,11 +90,9 @@ class ProcfileServer:
 NO_CLIENT_LIMITS = {"RATE_LIMIT": "0", "CONNECTION_LIMIT": "0"}
 
 
-@contextmanager
-def procfile_server(env: dict | None = None, log_path: Path | None = None, client_limits: bool = False):
-    """Run the Procfile's web command as the platform would: PORT set, served on loopback."""
-    port = free_port()
-    environment = {
+def procfile_env(port: int, env: dict | None = None, client_limits: bool = False) -> dict:
+    """The environment the platform gives the web process, on loopback, with ``env`` on top."""
+    return {
         **os.environ,
         "PORT": str(port),
         # The platform serves every interface; on a test machine we stay on loopback only.
@@ -113,6 +102,13 @@ def procfile_server(env: dict | None = None, log_path: Path | None = None, clien
         **({} if client_limits else NO_CLIENT_LIMITS),
         **(env or {}),
     }
+
+
+@contextmanager
+def procfile_server(env: dict | None = None, log_path: Path | None = None, client_limits: bool = False):
+    """Run the Procfile's web command as the platform would: PORT set, served on loopback."""
+    port = free_port()
+    environment = procfile_env(port, env, client_limits)
     command = procfile_command()
     log = open(log_path or os.devnull, "wb")
     process = subprocess.Popen(

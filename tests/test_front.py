@@ -22,16 +22,19 @@ from pathlib import Path
 
 import pytest
 
+from front.config import FrontSettings
+
 from testing import ROOT
-from testing.load import raw_exchange
+from testing.load import memory_mb, raw_exchange
 from testing.multipart import form_body
+from testing.samples import dataset_jpegs
 from testing.servers import child_pids, procfile_server
 
 pytestmark = pytest.mark.slow
 
 ROUTER = "127.0.0.1"
-RATE_LIMIT_BURST = 20  # front/config.py's default
-CONNECTION_LIMIT = 10  # front/config.py's default
+SHIPPED = FrontSettings.from_env({"PORT": "8000"})  # the front's defaults, as the server runs here
+RATE_LIMIT_BURST, CONNECTION_LIMIT = SHIPPED.rate_limit_burst, SHIPPED.connection_limit
 WASM = "/static/vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm"
 
 
@@ -45,8 +48,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(data_dir) -> list[bytes]:
-    classes = sorted(path.name for path in (data_dir / "ucmerced").iterdir() if path.is_dir())
-    return [sorted((data_dir / "ucmerced" / cls).glob("*.jpg"))[0].read_bytes() for cls in classes[:8]]
+    return [path.read_bytes() for path in dataset_jpegs(data_dir / "ucmerced", per_class=1)[:8]]
 
 
 def request(url: str, method: str, path: str, source: str, body: bytes | None = None,
@@ -92,11 +94,7 @@ def normal_latencies(url: str, images: list[bytes], count: int) -> list[float]:
 
 def nginx_memory_mb(front) -> float:
     """Resident memory of nginx's master and workers together."""
-    total_kb = 0
-    for pid in [front.nginx_pid, *child_pids(front.nginx_pid)]:
-        status = Path(f"/proc/{pid}/status").read_text()
-        total_kb += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-    return total_kb / 1024
+    return sum(memory_mb(pid)["rss_mb"] for pid in [front.nginx_pid, *child_pids(front.nginx_pid)])
 
 
 def p99(values: list[float]) -> float:
@@ -307,7 +305,7 @@ def json_error(answer: bytes) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("data, expected", [
-    (b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n\xff\xd8" % (21 * 2**20),
+    (b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n\xff\xd8" % ((SHIPPED.max_upload_mb + 1) * 2**20),
      (413, "payload_too_large")),
     (b"GET /static/no-such-file.js HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", (404, "not_found")),
     (b"POST /static/app.css HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx", (405, "method_not_allowed")),

@@ -11,8 +11,10 @@ import io
 import pytest
 
 from app import create_app
+from web import served_model
 
 from testing import ROOT
+from testing.samples import dataset_jpegs
 
 TOLERANCE = 1e-5
 
@@ -26,14 +28,13 @@ def shipped_app(engine: str, store):
 def clients(tmp_path_factory):
     store = tmp_path_factory.mktemp("checks")
     lean, torchscript = shipped_app("onnxruntime", store), shipped_app("torchscript", store)
-    assert lean.extensions["classifier"].model.module is None  # nothing of torch's in the lean app
+    assert lean.extensions[served_model.EXTENSION_KEY].model.module is None  # nothing of torch's in the lean app
     return lean.test_client(), torchscript.test_client()
 
 
 @pytest.fixture(scope="module")
 def dataset_images(data_dir):
-    classes = sorted(path.name for path in (data_dir / "ucmerced").iterdir() if path.is_dir())
-    return [image for cls in classes for image in sorted((data_dir / "ucmerced" / cls).glob("*.jpg"))[:4]]
+    return dataset_jpegs(data_dir / "ucmerced", per_class=4)
 
 
 def assert_same_answer(lean: dict, torchscript: dict, what) -> None:
@@ -63,7 +64,7 @@ def test_predict_gives_the_same_answers_on_the_data_set(clients, dataset_images)
 
 
 def test_predict_batch_gives_the_same_answers_as_predict(clients, dataset_images):
-    images = dataset_images[::4][:16]  # one per class, a full batch
+    images = dataset_images[:16]  # the first of each class, a full batch
     def form():  # the test client reads each file object once
         return {"file": [(io.BytesIO(image.read_bytes()), image.name) for image in images]}
 

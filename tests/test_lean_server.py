@@ -24,7 +24,7 @@ from training.onnx_variants import export_onnx
 from testing import ROOT
 from testing.load import send, wait_for_workers, worker_pids
 from testing.multipart import form_body
-from testing.servers import free_port, procfile_command, procfile_server
+from testing.servers import free_port, procfile_command, procfile_env, procfile_server
 
 pytestmark = pytest.mark.slow
 
@@ -82,13 +82,11 @@ def test_with_torchscript_asked_for_every_worker_loads_torch(data_dir, tmp_path)
     assert log.read_text().count("serving with TorchScript: INFERENCE_ENGINE=torchscript") == 2
 
 
-def test_onnxruntime_with_a_stale_copy_stops_the_start_with_the_reason(tiny_model_v2_path, tiny_model_path, tmp_path):
-    onnx = export_onnx(tiny_model_path, tmp_path / "tiny.onnx")  # made from 0.0.1, serving 0.0.2
+def test_onnxruntime_with_a_stale_copy_stops_the_start_with_the_reason(tiny_model_v2_path, tiny_onnx, tmp_path):
+    onnx = tiny_onnx  # made from 0.0.1, serving 0.0.2
     command = procfile_command()
-    environment = {**os.environ, "PORT": str(free_port()), "LISTEN_ADDRESS": "127.0.0.1",
-                   "INFERENCE_ENGINE": "onnxruntime", "MODEL_PATH": str(tiny_model_v2_path),
-                   "ONNX_MODEL_PATH": str(onnx), "VERIFIED_COPIES_DIR": str(tmp_path / "checks"),
-                   "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    environment = procfile_env(free_port(), {"INFERENCE_ENGINE": "onnxruntime", "MODEL_PATH": str(tiny_model_v2_path),
+                                             "ONNX_MODEL_PATH": str(onnx), "VERIFIED_COPIES_DIR": str(tmp_path / "checks")})
     done = subprocess.run(["sh", "-c", f"exec {command}"], cwd=ROOT, env=environment, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode != 0

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from web import multiprocess_metrics
 
+from testing.load import worker_pids
 from testing.multipart import post_files
 from testing.samples import image_bytes
 from testing.servers import procfile_server
@@ -53,9 +53,6 @@ def access_lines(log) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
 
 
-def workers_of(process) -> set[int]:
-    out = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout
-    return {int(pid) for pid in out.split()}
 
 
 def wait_for(condition, timeout=30.0, what="condition"):
@@ -73,7 +70,7 @@ def test_metrics_add_up_across_two_gunicorn_workers(tiny_model_path, tmp_path):
     env = {"MODEL_PATH": str(tiny_model_path), multiprocess_metrics.ENV_VAR: str(metrics_dir)}
     with procfile_server(env=env, log_path=log) as (url, process):
         wait_for(lambda: log.read_text().count("loaded in") == 2, what="both workers to load")
-        workers = workers_of(process)
+        workers = worker_pids(process.pid)
         assert len(workers) == 2
 
         def predict(_):
@@ -123,7 +120,7 @@ def test_metrics_add_up_across_two_gunicorn_workers(tiny_model_path, tmp_path):
             wait_for(lambda: access_lines(log)[-1]["path"] == "/metrics", what="the scrape's log line")
             busy = (workers - {access_lines(log)[-1]["pid"]}).pop()
             os.kill(busy, signal.SIGKILL)
-            wait_for(lambda: len(workers_of(process) - {busy}) == 2, what="gunicorn to replace the worker")
+            wait_for(lambda: len(worker_pids(process.pid) - {busy}) == 2, what="gunicorn to replace the worker")
         samples = scrape(url)
         assert value(samples, "http_requests_total", method="POST", route="/predict", status="200") == sent
         assert value(samples, "http_requests_in_flight") == 1

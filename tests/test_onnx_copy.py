@@ -19,14 +19,8 @@ from app import create_app
 from classifier.onnx_copy import matching_onnx_copy, manifest_path, model_identity
 from classifier.errors import OnnxCopyUnavailable
 from classifier.model import load_model
-from training.onnx_variants import export_onnx
 
 from testing.samples import TINY_LABELS
-
-
-@pytest.fixture(scope="module")
-def tiny_onnx(tiny_model_path, tmp_path_factory):
-    return export_onnx(tiny_model_path, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
 
 
 def test_onnx_copy_computes_what_the_torchscript_file_computes(tiny_model_path, tiny_onnx):

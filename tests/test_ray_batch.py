@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from testing import ROOT
 from testing.ray_cluster import Cluster, ray_env
+from testing.samples import dataset_jpegs
 from testing.servers import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
 COMMAND_TIMEOUT = 240  # seconds: a cluster that hangs fails the test instead of the suite
 # How Ray names them in each worker's log: decoding fused into the model actors (the
 # default), or model actors fed by decode tasks of their own (--ray-decode tasks).
@@ -39,10 +39,9 @@ def cluster():
 def images(data_dir, tmp_path_factory) -> tuple[Path, list[Path]]:
     """Two images of each class in a folder every node reads, a broken JPEG, and a missing file."""
     folder = tmp_path_factory.mktemp("images")
-    for cls in sorted(path.name for path in (data_dir / "ucmerced").iterdir() if path.is_dir()):
-        (folder / cls).mkdir()
-        for path in sorted((data_dir / "ucmerced" / cls).glob("*.jpg"))[:2]:
-            (folder / cls / path.name).write_bytes(path.read_bytes())
+    for path in dataset_jpegs(data_dir / "ucmerced", per_class=2):
+        (folder / path.parent.name).mkdir(exist_ok=True)
+        (folder / path.parent.name / path.name).write_bytes(path.read_bytes())
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this JPEG stops here")
     return folder, [folder, folder / "missing.jpg"]
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from testing.load import worker_pids
 from testing.multipart import post_files
 from testing.servers import procfile_server
 
@@ -44,8 +45,7 @@ def test_procfile_server_answers_curl_and_errors_as_json(server, dataset_tiff):
 
 def test_procfile_server_runs_two_workers_that_loaded_after_fork(server):
     _, process, log = server
-    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
-    assert len(children) == 2
+    assert len(worker_pids(process.pid)) == 2
     # /health turns 200 as soon as one worker is ready; give the other a moment to log.
     deadline = time.monotonic() + 30
     while log.read_text().count("loaded in") < 2 and time.monotonic() < deadline:

@@ -31,15 +31,11 @@ def store(tmp_path) -> CheckStore:
     return CheckStore(tmp_path / "checks")
 
 
-# Its own images: tests.conftest imports torch.
+# Not conftest, which imports torch: testing.samples does not.
 LEAN_PROCESS = """
-import io, json, sys
-from PIL import Image
+import json, sys
 from classifier.pipeline import Classifier
-def image_bytes(fmt, colour, size=(64, 48)):
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format=fmt)
-    return buffer.getvalue()
+from testing.samples import image_bytes
 classifier = Classifier.setup(sys.argv[1], threads=1, engine="auto", onnx_path=sys.argv[2], check_store=sys.argv[3])
 red = classifier.classify(image_bytes("PNG", colour=(255, 0, 0), size=(640, 480)))
 batch = classifier.classify_many([image_bytes("JPEG", colour=(0, 0, 255))] * 6 + [b"not an image"])
