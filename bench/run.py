@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from classifier.model import read_meta
+from classifier.verified_copy import installed_versions
 from testing.servers import free_port
 from training.data_set import add_data_option, data_set_or_exit
 
@@ -97,20 +98,9 @@ def machine_info() -> dict:
         "memory_gb": round(memory_kb / 1e6, 1),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "packages": _versions("torch", "onnxruntime", "gunicorn", "flask", "litserve", "locust", "pillow"),
+        "packages": {name: found or "not installed" for name, found in
+                     installed_versions("torch", "onnxruntime", "gunicorn", "flask", "litserve", "locust", "pillow").items()},
     }
-
-
-def _versions(*names: str) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
 
 
 def git_commit() -> str:

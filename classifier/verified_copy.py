@@ -84,15 +84,20 @@ class CopyCheck:
         return cls(**{**values, "labels": tuple(values.get("labels", ()))})
 
 
-def engine_versions() -> dict:
-    """The installed torch and ONNX Runtime, read from package metadata (nothing is imported)."""
+def installed_versions(*packages: str) -> dict[str, str]:
+    """Each package's installed version, read from its metadata (nothing is imported); "" if absent."""
     found = {}
-    for package in ("torch", "onnxruntime"):
+    for package in packages:
         try:
             found[package] = version(package)
         except PackageNotFoundError:
             found[package] = ""
     return found
+
+
+def engine_versions() -> dict:
+    """The installed torch and ONNX Runtime: a record holds for the engines it was checked on."""
+    return installed_versions("torch", "onnxruntime")
 
 
 def default_store() -> Path:
