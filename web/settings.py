@@ -102,19 +102,17 @@ def settings_from_env() -> dict:
 
 def check_settings(config) -> None:
     """Fail at start-up, not on the first request, when a setting cannot work."""
-    for key in ("MAX_CONTENT_LENGTH", "MAX_IMAGE_PIXELS", "MAX_BATCH_FILES", "TORCH_THREADS"):
+    for key in ("MAX_CONTENT_LENGTH", "MAX_IMAGE_PIXELS", "MAX_BATCH_FILES", "TORCH_THREADS",
+                "RETENTION_DAYS", "RETENTION_MAX_PREDICTIONS", "RECORD_QUEUE_LIMIT", "RECORD_FLUSH_MS"):
         if int(config[key]) < 1:
             raise ValueError(f"{key} must be at least 1, got {config[key]!r}")
     if config["INFERENCE_ENGINE"] not in ENGINES:
         raise ValueError(f"INFERENCE_ENGINE must be one of {', '.join(ENGINES)}, not {config['INFERENCE_ENGINE']!r}")
-    for key in ("RETENTION_DAYS", "RETENTION_MAX_PREDICTIONS", "RECORD_QUEUE_LIMIT", "RECORD_FLUSH_MS"):
-        if int(config.get(key, 1)) < 1:
-            raise ValueError(f"{key} must be at least 1, got {config[key]!r}")
     for key in ("LOW_CONFIDENCE_THRESHOLD", "DRIFT_THRESHOLD"):
-        if not 0 <= float(config.get(key, 0)) <= 1:
+        if not 0 <= float(config[key]) <= 1:
             raise ValueError(f"{key} must be from 0 to 1, got {config[key]!r}")
     try:
-        parse_duration(config.get("MONITORING_WINDOW", "24h"))
+        parse_duration(config["MONITORING_WINDOW"])
     except ValueError as error:
         raise ValueError(f"MONITORING_WINDOW: {error}") from None
     api_key = config.get("API_KEY") or ""
