@@ -9,26 +9,26 @@ PIP = $(VENV)/bin/pip install --retries $(PIP_RETRIES) --disable-pip-version-che
 # The browser tests drive Debian's Chromium: Playwright's own browser download needs the
 # internet. Set CHROMIUM to use another Chromium binary.
 export CHROMIUM ?= /usr/bin/chromium
-# The front (bin/start-nginx, docs/front.md) runs Debian's nginx. Set NGINX to use another.
-export NGINX ?= /usr/sbin/nginx
+# The front (bin/start-nginx, docs/front.md) runs Debian's nginx. Set NGINX_BINARY to use another.
+export NGINX_BINARY ?= /usr/sbin/nginx
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: run test test-deploy bench data install install-dev variants vendor postgresql-server
 
-run: $(VENV)/.run-installed $(NGINX)
+run: $(VENV)/.run-installed $(NGINX_BINARY)
 	PORT=$(PORT) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sh -c "$$(sed -n 's/^web: //p' Procfile)"
 
-test: $(VENV)/.dev-installed $(CHROMIUM) $(NGINX) postgresql-server
+test: $(VENV)/.dev-installed $(CHROMIUM) $(NGINX_BINARY) postgresql-server
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The git-push deploy test builds a whole release from scratch (several minutes), so it has
 # its own command; CI runs both.
-test-deploy: $(VENV)/.dev-installed $(NGINX)
+test-deploy: $(VENV)/.dev-installed $(NGINX_BINARY)
 	$(VENV)/bin/python -m pytest -m deploy $(PYTEST_ARGS)
 
 # The benchmark (bench/README.md, which says how long it takes): every contender side by side; it
 # rewrites bench/RESULTS.md, bench/results.json and bench/results.png.
-bench: $(VENV)/.dev-installed $(NGINX)
+bench: $(VENV)/.dev-installed $(NGINX_BINARY)
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
 
 # The full data set, for training and `make bench` only (the tests use tests/fixtures/):
@@ -59,8 +59,8 @@ $(CHROMIUM):
 	@command -v apt-get >/dev/null || { echo "The browser tests need Chromium at $(CHROMIUM): install it, or set CHROMIUM=/path/to/chromium."; exit 1; }
 	$(APT_INSTALL) chromium fonts-dejavu-core
 
-$(NGINX):
-	@command -v apt-get >/dev/null || { echo "The server runs behind nginx at $(NGINX): install it, or set NGINX=/path/to/nginx."; exit 1; }
+$(NGINX_BINARY):
+	@command -v apt-get >/dev/null || { echo "The server runs behind nginx at $(NGINX_BINARY): install it, or set NGINX_BINARY=/path/to/nginx."; exit 1; }
 	$(APT_INSTALL) nginx
 
 # The monitoring tests start their own PostgreSQL server (testing/postgres.py) from Debian's

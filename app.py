@@ -10,7 +10,6 @@ from __future__ import annotations
 from flask import Flask
 from flask_cors import CORS
 
-from front.config import cors_origins
 from web import access_log, metrics, monitoring, served_model
 from web.api import api
 from web.cli import register_commands
@@ -18,7 +17,7 @@ from web.client_address import ClientAddressFromFront
 from web.device import device
 from web.errors import register_error_handlers
 from web.pages import pages
-from web.settings import check_settings, settings_from_env
+from web.settings import BY_NAME, MEGABYTE, read_settings
 from web.uploads import InMemoryUploadRequest
 
 
@@ -26,16 +25,17 @@ def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.request_class = InMemoryUploadRequest
     app.wsgi_app = ClientAddressFromFront(app.wsgi_app)
-    app.config.from_mapping(settings_from_env())
-    if config:
-        app.config.from_mapping(config)
-    check_settings(app.config)
+    config = config or {}
+    settings = read_settings(overrides=config)
+    app.config.from_mapping(settings, MAX_CONTENT_LENGTH=settings["MAX_UPLOAD_MB"] * MEGABYTE, LOAD_MODEL=True)
+    # What is not a setting: Flask's own keys (TESTING, MAX_CONTENT_LENGTH in bytes), LOAD_MODEL.
+    app.config.from_mapping({key: value for key, value in config.items() if key not in BY_NAME})
 
     # Request id and metrics first, so that their hooks see every request.
     access_log.init_app(app)
     metrics.init_app(app)
-    # Read as the front reads it, so that nginx's own answers and the app's allow the same origins.
-    origins = cors_origins(app.config["CORS_ORIGINS"])
+    # Read as the front reads it (web/settings.py), so that nginx's own answers and the app's allow the same origins.
+    origins = app.config["CORS_ORIGINS"]
     CORS(app, origins="*" if origins == ("*",) else list(origins), expose_headers=[access_log.REQUEST_ID_HEADER])
     register_error_handlers(app)
     app.register_blueprint(api)

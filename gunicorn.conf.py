@@ -5,15 +5,15 @@ do not survive fork, and a preloaded torch can hang the workers. The master itse
 the ONNX copy checked against the model, in a subprocess, before it forks (on_starting).
 """
 
-import os
-
 from front import ready
 from web import multiprocess_metrics, request_memory, serving_check
+from web.settings import read_runtime, read_settings
 
+settings, runtime = read_settings(), read_runtime()
 # Behind the front (bin/start-nginx, the Procfile), on the unix socket it names: nginx
 # alone listens on $PORT. Started on its own (the benchmark's direct contender), on $PORT.
-bind = f"unix:{os.environ['APP_SOCKET']}" if os.environ.get("APP_SOCKET") else f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+bind = f"unix:{runtime.app_socket}" if runtime.app_socket else f"0.0.0.0:{settings['PORT']}"
+workers = settings["WEB_CONCURRENCY"]
 # Tell the app how many workers share the cores, so it sizes torch's thread pool to fit.
 raw_env = [f"WEB_CONCURRENCY={workers}"]
 # The sync worker: one request at a time, which is all a CPU-bound model needs. nginx in front
@@ -21,18 +21,18 @@ raw_env = [f"WEB_CONCURRENCY={workers}"]
 # (docs/front.md).
 worker_class = "sync"
 preload_app = False
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+timeout = settings["GUNICORN_TIMEOUT"]
 graceful_timeout = 30
 keepalive = 5
 # Recycle workers now and then so that slow leaks in native libraries stay bounded; rarely,
 # since a worker's RSS is flat after warm-up and a new worker costs a core for its start-up
 # and warm-up (measured: bench/README.md, "What the service does for speed").
 # The jitter keeps the workers from restarting together.
-max_requests = int(os.environ.get("MAX_REQUESTS", "20000"))
+max_requests = settings["MAX_REQUESTS"]
 max_requests_jitter = max_requests // 10
 accesslog = None  # the app writes the access log: see "web.access" below
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info")
+loglevel = settings["LOG_LEVEL"]
 
 # The app's own log lines (model loaded, errors) go where gunicorn's go.
 logconfig_dict = {

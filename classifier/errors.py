@@ -1,17 +1,16 @@
 """Errors a caller can act on.
 
-Bad input (``InputError`` and its kinds) carries its code and the HTTP status the web layer
-answers with: the status lives here rather than in the views so that one table decides how
-every kind of bad input is reported, whether it arrives over HTTP, in a batch or through the
-CLI. A model file that must not be served (``ModelContractError``) and an ONNX copy that
-cannot be used (``OnnxCopyUnavailable``) are the operator's to fix, not a request's.
+Bad input (``InputError`` and its kinds) carries a code and a message a person can act on,
+the same whether it arrives over HTTP, in a batch or through the CLI; the web layer's one
+table (web/errors.py) says which HTTP status each code gets. A model file that must not be
+served (``ModelContractError``) and an ONNX copy that cannot be used
+(``OnnxCopyUnavailable``) are the operator's to fix, not a request's.
 """
 
 
 class InputError(Exception):
     """Bad input from the caller; never a fault of the service."""
 
-    status = 400
     code = "bad_request"
 
     def __init__(self, message: str):
@@ -45,12 +44,10 @@ class UnreadableFile(InputError):
 
 
 class UnsupportedImageType(InputError):
-    status = 415
     code = "unsupported_type"
 
 
 class ImageTooLarge(InputError):
-    status = 413
     code = "image_too_large"
 
 
@@ -63,7 +60,6 @@ class ModelContractError(Exception):
 
 
 class TooManyFiles(InputError):
-    status = 413
     code = "too_many_files"
 
 

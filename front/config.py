@@ -8,7 +8,6 @@ with (MAX_UPLOAD_MB, CORS_ORIGINS, GUNICORN_TIMEOUT) are read under the same nam
 from __future__ import annotations
 
 import grp
-import ipaddress
 import json
 import math
 import os
@@ -17,6 +16,9 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+
+from web.errors import ERRORS, error_body, message
+from web.settings import SettingError, read_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "config" / "nginx.conf.template"
@@ -30,25 +32,11 @@ GZIP_TYPES = ("text/css", "text/plain", "application/javascript", "application/j
 # saves on each file: docs/front.md, Measured).
 GZIP_LEVEL = 5
 
-# The API's JSON error for every error nginx answers itself: (status, code, message).
-# Keyed by the status nginx raises; 494 is nginx's own "request header too large".
-NGINX_ERRORS = {
-    400: (400, "bad_request", "The request is not valid HTTP. Send a well-formed request."),
-    404: (404, "not_found", "No such route or file. GET /openapi.json lists the routes of this API."),
-    405: (405, "method_not_allowed", "This route does not accept that method."),
-    408: (408, "request_timeout",
-          "The request stopped arriving: nothing came for {client_timeout} s. Send the whole body without pausing."),
-    413: (413, "payload_too_large", "The upload is larger than the limit of {max_upload_mb} MB. Send a smaller file."),
-    414: (414, "uri_too_long", "The URL is too long. Send parameters in the body."),
-    429: (429, "rate_limited",
-          "Too many requests from your address: at most {rate_limit} a second (bursts of {burst}) and "
-          "{connection_limit} at a time. Wait {retry_after} s (Retry-After) and try again."),
-    494: (400, "request_header_too_large", "The request headers are too large. Send smaller headers."),
-    500: (500, "internal_error", "The server failed; the error is logged."),
-    502: (502, "bad_gateway", "The classifier is restarting. Try again in a few seconds."),
-    503: (503, "service_unavailable", "The classifier is restarting. Try again in a few seconds."),
-    504: (504, "gateway_timeout", "The classifier took too long to answer. Try again, or send a smaller image."),
-}
+# The code of the API's JSON error (web/errors.py) for every error nginx answers itself, keyed
+# by the status nginx raises; 494 is nginx's own "request header too large".
+NGINX_ERRORS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+                413: "payload_too_large", 414: "uri_too_long", 429: "rate_limited", 494: "request_header_too_large",
+                500: "internal_error", 502: "bad_gateway", 503: "service_unavailable", 504: "gateway_timeout"}
 
 
 # Raised while the request line or headers are read, when there is no URI yet: error_page
@@ -57,7 +45,7 @@ ERRORS_BEFORE_A_URI = (400, 414, 494)
 
 
 class FrontSettingError(ValueError):
-    """A setting the front cannot start with; the message names it and says what it takes."""
+    """The front cannot start: a setting, or nginx refusing its configuration; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -78,94 +66,22 @@ class FrontSettings:
 
     @classmethod
     def from_env(cls, environ=None) -> "FrontSettings":
-        env = os.environ if environ is None else environ
-        settings = cls(
-            port=_int(env, "PORT", None),
-            listen_address=env.get("LISTEN_ADDRESS", "").strip() or "0.0.0.0",
-            rate_limit=_number(env, "RATE_LIMIT", 10),
-            rate_limit_burst=_int(env, "RATE_LIMIT_BURST", 20),
-            connection_limit=_int(env, "CONNECTION_LIMIT", 10),
-            client_timeout=_int(env, "CLIENT_TIMEOUT", 30),
-            trusted_proxies=_trusted_proxies(env),
-            max_upload_mb=_int(env, "MAX_UPLOAD_MB", 20),
-            cors_origins=cors_origins(env.get("CORS_ORIGINS", "*")),
-            app_timeout=_int(env, "GUNICORN_TIMEOUT", 30),
-            nginx_workers=_int(env, "NGINX_WORKERS", 2),
-        )
-        settings.check()
-        return settings
-
-    def check(self) -> None:
-        if not 0 < self.port < 65536:
-            raise FrontSettingError(f"PORT must be a TCP port (1-65535), not {self.port}")
         try:
-            ipaddress.ip_address(self.listen_address)
-        except ValueError:
-            raise FrontSettingError(f"LISTEN_ADDRESS must be an IP address, not {self.listen_address!r}") from None
-        for name, value, least in [
-            ("RATE_LIMIT", self.rate_limit, 0), ("RATE_LIMIT_BURST", self.rate_limit_burst, 0),
-            ("CONNECTION_LIMIT", self.connection_limit, 0), ("CLIENT_TIMEOUT", self.client_timeout, 1),
-            ("MAX_UPLOAD_MB", self.max_upload_mb, 1), ("GUNICORN_TIMEOUT", self.app_timeout, 1),
-            ("NGINX_WORKERS", self.nginx_workers, 1),
-        ]:
-            if value < least:
-                raise FrontSettingError(f"{name} must be at least {least}, got {value}")
-        if 0 < self.rate_limit < 1 / 60:
-            raise FrontSettingError(f"RATE_LIMIT must be 0 (off) or at least one a minute (0.017), got {self.rate_limit}")
+            values = read_settings(environ)
+        except SettingError as error:
+            raise FrontSettingError(str(error)) from None
+        return cls(
+            port=values["PORT"], listen_address=values["LISTEN_ADDRESS"], rate_limit=values["RATE_LIMIT"],
+            rate_limit_burst=values["RATE_LIMIT_BURST"], connection_limit=values["CONNECTION_LIMIT"],
+            client_timeout=values["CLIENT_TIMEOUT"], trusted_proxies=values["TRUSTED_PROXIES"],
+            max_upload_mb=values["MAX_UPLOAD_MB"], cors_origins=values["CORS_ORIGINS"],
+            app_timeout=values["GUNICORN_TIMEOUT"], nginx_workers=values["NGINX_WORKERS"],
+        )
 
     @property
     def retry_after(self) -> int:
         """Seconds after which a client over the rate limit may send again."""
         return max(1, math.ceil(1 / self.rate_limit)) if self.rate_limit else 1
-
-
-def _int(env, name: str, default: int | None) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        if default is None:
-            raise FrontSettingError(f"{name} is not set; the platform sets it to the port to listen on")
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise FrontSettingError(f"{name} must be an integer, not {raw!r}") from None
-
-
-def _number(env, name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise FrontSettingError(f"{name} must be a number, not {raw!r}") from None
-    if not math.isfinite(value):
-        raise FrontSettingError(f"{name} must be a finite number, not {raw!r}")
-    return value
-
-
-def _trusted_proxies(env) -> tuple[str, ...]:
-    """TRUSTED_PROXIES, or where unset: every peer on a dyno (only the router reaches one), none elsewhere."""
-    raw = env.get("TRUSTED_PROXIES")
-    if raw is None:
-        return ("0.0.0.0/0", "::/0") if env.get("DYNO") else ()
-    networks = []
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        try:
-            networks.append(str(ipaddress.ip_network(item, strict=False)))
-        except ValueError:
-            raise FrontSettingError(
-                f"TRUSTED_PROXIES must be comma-separated addresses or networks (10.0.0.0/8), not {item!r}"
-            ) from None
-    return tuple(networks)
-
-
-def cors_origins(raw: str) -> tuple[str, ...]:
-    """CORS_ORIGINS as the app and nginx both read it: ("*",) for any, else each origin."""
-    origins = tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
-    return ("*",) if origins in ((), ("*",)) else origins
 
 
 # ---------------------------------------------------------------------------------------
@@ -324,17 +240,13 @@ def _cors_map(settings: FrontSettings) -> str:
 
 def _error_pages(settings: FrontSettings) -> str:
     """error_page and one internal location per status: the API's JSON, never nginx's HTML."""
-    fields = {
-        "client_timeout": settings.client_timeout,
-        "max_upload_mb": settings.max_upload_mb,
-        "rate_limit": f"{settings.rate_limit:g}" if settings.rate_limit else "any number",
-        "burst": settings.rate_limit_burst,
-        "connection_limit": settings.connection_limit or "any number",
-        "retry_after": settings.retry_after,
-    }
+    fields = {"CLIENT_TIMEOUT": settings.client_timeout, "MAX_UPLOAD_MB": settings.max_upload_mb,
+              "RATE_LIMIT": settings.rate_limit, "RATE_LIMIT_BURST": settings.rate_limit_burst,
+              "CONNECTION_LIMIT": settings.connection_limit}
     blocks = []
-    for raised, (status, code, message) in NGINX_ERRORS.items():
-        body = json.dumps({"error": {"code": code, "message": message.format(**fields)}}, separators=(",", ":"))
+    for raised, code in NGINX_ERRORS.items():
+        status = ERRORS[code].status
+        body = json.dumps(error_body(code, message(code, fields)), separators=(",", ":"))
         if "$" in body or "'" in body or "\\" in body:
             raise AssertionError(f"the {code} message cannot be quoted in nginx's config: {body}")
         answer = f"={status} " if status != raised else ""

@@ -15,6 +15,8 @@ import pwd
 import shutil
 from pathlib import Path
 
+from web.settings import read_settings
+
 SNAPSHOT = "app-files"
 
 
@@ -42,11 +44,10 @@ def hand_run_dir_to(nginx_user: str | None, run_dir: Path) -> None:
         os.chown(run_dir, entry.pw_uid, entry.pw_gid)
 
 
-def served_paths(app_root: Path, environ=None) -> list[Path]:
+def served_paths(app_root: Path) -> list[Path]:
     """What nginx sends from the app's directory: static/ and the model copy, if it is in there."""
-    env = os.environ if environ is None else environ
     paths = [app_root / "static"]
-    device_model = env.get("DEVICE_MODEL_PATH", "model.onnx").strip()
+    device_model = read_settings()["DEVICE_MODEL_PATH"]
     if device_model:
         model = (app_root / device_model).resolve()
         if model.is_file() and model.is_relative_to(app_root.resolve()):

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from web.settings import read_runtime
+
 READY_FILE_ENV = "APP_READY_FILE"
 
 
 def post_worker_init(worker) -> None:
-    ready_file = os.environ.get(READY_FILE_ENV)
+    ready_file = read_runtime().ready_file
     if not ready_file:
         return  # gunicorn started without the front (bench's direct contender, by hand)
     marks = Path(f"{ready_file}.workers")

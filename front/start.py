@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .config import ROOT, FrontSettingError, FrontSettings, RunPaths, nginx_user_when_root, open_files, render
 from .files import files_root_for, hand_run_dir_to
+from web.settings import read_settings
 
 # Debian and Ubuntu install nginx in /usr/sbin, which a non-root PATH often lacks; on Heroku
 # the apt buildpack (Aptfile) unpacks it into the slug's .apt/.
@@ -41,11 +42,11 @@ def say(message: str) -> None:
 
 
 def find_nginx() -> str:
-    found = os.environ.get("NGINX") or shutil.which("nginx")
+    found = read_settings()["NGINX_BINARY"] or shutil.which("nginx")
     found = found or next((place for place in NGINX_PLACES if os.access(place, os.X_OK)), None)
     if not found:
         raise FrontSettingError(
-            "nginx is not installed: apt-get install nginx (make run does), or set NGINX to its path"
+            "nginx is not installed: apt-get install nginx (make run does), or set NGINX_BINARY to its path"
         )
     return found
 

@@ -7,11 +7,8 @@ command. (tests/test_deploy.py runs its HEALTHCHECK against a real release.)
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import re
-import runpy
 import shlex
 import shutil
 import subprocess
@@ -20,9 +17,6 @@ from pathlib import Path
 
 import pytest
 from dockerfile_parse import DockerfileParser
-
-from front.config import FrontSettings
-from web.settings import settings_from_env
 
 from testing import ROOT
 from testing.servers import procfile_command
@@ -65,29 +59,6 @@ def test_app_json_names_the_app_and_the_health_check_the_app_serves(client):
     checks = manifest["healthchecks"]["web"]
     assert [check["path"] for check in checks if check["type"] == "startup"] == ["/health"]
     assert client.get("/health").status_code == 200
-
-
-@pytest.mark.parametrize("name", [n for n, spec in app_json()["env"].items() if "value" in spec])
-def test_app_json_defaults_are_the_codes_defaults(name, monkeypatch):
-    """Setting a variable to its app.json value changes nothing; another value changes something."""
-    value = app_json()["env"][name]["value"]
-
-    def configuration(raw: str | None) -> tuple[dict, dict, dict]:
-        """gunicorn's settings, the app's and the front's, as the Procfile's processes see them."""
-        if raw is None:
-            monkeypatch.delenv(name, raising=False)
-        else:
-            monkeypatch.setenv(name, raw)
-        gunicorn = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-        for pair in gunicorn.get("raw_env", []):  # gunicorn sets these in each worker
-            monkeypatch.setenv(*pair.split("=", 1))
-        front = dataclasses.asdict(FrontSettings.from_env({"PORT": "8000", **os.environ}))
-        # A hook defined in the file is a new function on each run: compare it by name.
-        return settings_from_env(), {k: getattr(v, "__qualname__", v) if callable(v) else v
-                                     for k, v in gunicorn.items() if not k.startswith("__") and k != "os"}, front
-
-    assert configuration(value) == configuration(None)
-    assert configuration(value + "1") != configuration(None), f"nothing reads {name}"
 
 
 def test_dockerfile_passes_hadolint():

@@ -101,7 +101,6 @@ def test_every_error_nginx_answers_is_json_with_its_status(tmp_path):
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"PORT": ""}, "PORT is not set"),
     ({"PORT": "http"}, "PORT must be an integer"),
     ({"RATE_LIMIT": "fast"}, "RATE_LIMIT must be a number"),
     ({"RATE_LIMIT": "-1"}, "RATE_LIMIT must be at least 0"),

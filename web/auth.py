@@ -7,7 +7,7 @@ from functools import wraps
 
 from flask import current_app, request
 
-from .errors import error_response
+from .errors import ApiError
 
 
 def api_key_required(view):
@@ -17,13 +17,7 @@ def api_key_required(view):
     def guarded(*args, **kwargs):
         expected = current_app.config.get("API_KEY") or ""
         if expected and not _all_match(presented_keys(), expected):
-            response = error_response(
-                401,
-                "unauthorized",
-                "This API needs a key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
-            )
-            response.headers["WWW-Authenticate"] = 'Bearer realm="predict"'
-            return response
+            raise ApiError("unauthorized", headers={"WWW-Authenticate": 'Bearer realm="predict"'})
         return view(*args, **kwargs)
 
     return guarded

@@ -16,8 +16,6 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file,
 from classifier.errors import OnnxCopyUnavailable
 from classifier.onnx_copy import OnnxCopy, matching_onnx_copy
 
-from .errors import error_response
-
 device = Blueprint("device", __name__)
 log = logging.getLogger(__name__)
 
@@ -30,11 +28,6 @@ def say_whether_browsers_get_the_model(state) -> None:
             current_device_model()
         except OnnxCopyUnavailable as reason:
             log.warning("'On this device' is off: %s", reason.message)
-
-
-@device.errorhandler(OnnxCopyUnavailable)
-def unavailable(error: OnnxCopyUnavailable):
-    return error_response(404, "device_model_unavailable", error.message)
 
 
 def current_device_model() -> OnnxCopy:

@@ -30,7 +30,7 @@ from . import db, metrics, recording
 from .access_log import REQUEST_ID_PATTERN
 from .api import query_value
 from .auth import api_key_required
-from .errors import error_response
+from .errors import ApiError
 from .served_model import get_classifier, loaded_classifier
 from .settings import parse_duration
 
@@ -40,11 +40,6 @@ monitoring = Blueprint("monitoring", __name__)
 
 MAX_ITEM = 10_000
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def _database_unavailable():
-    return error_response(503, "database_unavailable",
-                          "The monitoring database is not answering; retry shortly.")
 
 
 @monitoring.post("/feedback")
@@ -62,10 +57,10 @@ def feedback():
             outcome = db.run(lambda connection: give_feedback(connection, request_id, item, label))
     except SQLAlchemyError as error:
         log.error("feedback for %s not recorded: %s", request_id, db.error_reason(error))
-        return _database_unavailable()
+        raise ApiError("database_unavailable") from None
     if outcome is None:
-        return error_response(
-            404, "unknown_request_id",
+        raise ApiError(
+            "unknown_request_id",
             f"No recorded prediction has request id {request_id!r}"
             + (f" and item {item}" if item else "")
             + ". Send the X-Request-ID header of the answer you are correcting; predictions "
@@ -141,7 +136,7 @@ def monitoring_report():
         report = db.run(lambda connection: window_report(connection, classifier, seconds))
     except SQLAlchemyError as error:
         log.error("monitoring figures unavailable: %s", db.error_reason(error))
-        return _database_unavailable()
+        raise ApiError("database_unavailable") from None
     return jsonify(report)
 
 

@@ -449,3 +449,4 @@ def _components(app: Flask, labels: tuple[str, ...]) -> dict:
         },
     }
 
+

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from flask import Flask, current_app
@@ -20,6 +19,7 @@ from flask import Flask, current_app
 from classifier.pipeline import Classifier
 
 from . import metrics
+from .settings import read_runtime
 
 EXTENSION_KEY = "classifier"
 
@@ -27,11 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class ModelNotReady(Exception):
-    """A route that needs the model was called before it finished loading."""
-
-    status = 503
-    code = "model_not_ready"
-    message = "The model is still loading; retry shortly."
+    """A route that needs the model was called before it finished loading (503 model_not_ready)."""
 
 
 def init_app(app: Flask) -> None:
@@ -53,7 +49,7 @@ def when_run_from_flask_cli() -> dict | None:
     The model commands must work while the served file is broken, which is exactly when
     swap-model is needed, so there the model loads on the first request (``flask run``).
     """
-    if os.environ.get("FLASK_RUN_FROM_CLI") == "true":
+    if read_runtime().run_from_flask_cli:
         return {"LOAD_MODEL": False, "LOAD_MODEL_ON_FIRST_REQUEST": True}
     return None
 

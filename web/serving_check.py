@@ -69,9 +69,9 @@ def main(argv=None) -> int:
     from classifier.errors import OnnxCopyUnavailable, ModelContractError
     from classifier.verified_copy import CheckStore, check_once
 
-    from .settings import settings_from_env
+    from .settings import read_settings
 
-    settings = settings_from_env()
+    settings = read_settings()
     setting, model, onnx = settings["INFERENCE_ENGINE"], settings["MODEL_PATH"], settings["ONNX_MODEL_PATH"]
     if setting not in ENGINES:
         print(f"INFERENCE_ENGINE must be one of {', '.join(ENGINES)}, not {setting!r}", file=sys.stderr)
