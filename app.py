@@ -9,22 +9,23 @@ from __future__ import annotations
 
 from flask import Flask
 from flask_cors import CORS
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from web import access_log, metrics, monitoring, served_model
+from web import access_log, metrics, monitoring, request_memory, served_model
 from web.api import api
 from web.cli import register_commands
-from web.client_address import ClientAddressFromFront
 from web.device import device
 from web.errors import register_error_handlers
 from web.pages import pages
-from web.settings import BY_NAME, MEGABYTE, read_settings
+from web.settings import BY_NAME, MEGABYTE, read_runtime, read_settings
 from web.uploads import InMemoryUploadRequest
 
 
 def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.request_class = InMemoryUploadRequest
-    app.wsgi_app = ClientAddressFromFront(app.wsgi_app)
+    if read_runtime().app_socket:  # behind the front: only nginx reaches the socket, and names the client
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)
     config = config or {}
     settings = read_settings(overrides=config)
     app.config.from_mapping(settings, MAX_CONTENT_LENGTH=settings["MAX_UPLOAD_MB"] * MEGABYTE, LOAD_MODEL=True)
@@ -34,6 +35,7 @@ def create_app(config: dict | None = None) -> Flask:
     # Request id and metrics first, so that their hooks see every request.
     access_log.init_app(app)
     metrics.init_app(app)
+    request_memory.init_app(app)
     # Read as the front reads it (web/settings.py), so that nginx's own answers and the app's allow the same origins.
     origins = app.config["CORS_ORIGINS"]
     CORS(app, origins="*" if origins == ("*",) else list(origins), expose_headers=[access_log.REQUEST_ID_HEADER])

@@ -1,12 +1,12 @@
 """gunicorn settings; every one can be overridden from the environment or the command line.
 
 The model is loaded in each worker after it forks (no preload_app): torch's thread pools
-do not survive fork, and a preloaded torch can hang the workers. The master itself only has
-the ONNX copy checked against the model, in a subprocess, before it forks (on_starting).
+do not survive fork, and a preloaded torch can hang the workers. Two hooks: the front's
+ready file, and the metrics of a worker that exits. A worker that stops leaves through
+sys.exit, so the app's own atexit handlers run (web/record_writer.py writes its queue).
 """
 
 from front import ready
-from web import multiprocess_metrics, request_memory, serving_check
 from web.settings import read_runtime, read_settings
 
 settings, runtime = read_settings(), read_runtime()
@@ -61,30 +61,14 @@ logconfig_dict = {
 control_socket_disable = True
 
 
-# Prometheus multiprocess mode (web/metrics.py): the master prepares the shared directory
-# before it forks the workers, lets go of each worker that exits, and cleans up at the end.
-child_exit = multiprocess_metrics.child_exit
-on_exit = multiprocess_metrics.on_exit
-
-
-def on_starting(server):
-    multiprocess_metrics.on_starting(server)
-    # The ONNX copy is checked against model.zip here, once, in a subprocess, so that the
-    # workers can serve it without importing torch (web/serving_check.py).
-    serving_check.on_starting(server)
-
-
-on_reload = serving_check.on_reload
-# After a phone photo or a batch, the worker's freed heap goes back to the system.
-post_request = request_memory.post_request
 # Tell the front when every worker has warmed up the model, so that nginx opens $PORT then.
 post_worker_init = ready.post_worker_init
 
 
-# A worker that stops (a restart, a deploy, max_requests) writes the records it still has queued.
-def worker_exit(_server, _worker):
-    # Imported here, in the worker: prometheus_client imported in the master before
-    # on_starting sets up multiprocess mode would leave every worker's metrics its own.
-    from web import record_writer
+def child_exit(_server, worker):
+    """A worker that exits keeps its counts in /metrics; its live gauges (requests in flight, model) go."""
+    # PROMETHEUS_MULTIPROC_DIR: the front's (front/start.py); unset, each worker counts alone.
+    if settings["PROMETHEUS_MULTIPROC_DIR"]:
+        from prometheus_client import multiprocess
 
-    record_writer.close_all()
+        multiprocess.mark_process_dead(worker.pid, settings["PROMETHEUS_MULTIPROC_DIR"])

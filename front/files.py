@@ -1,7 +1,7 @@
 """Where nginx's workers read the files they send: the app's directory, or a snapshot of it.
 
-Started as root, nginx's workers run as an unprivileged user (front/config.py). Where that
-user cannot read the app's directory (a checkout inside a private folder, as CI's
+Started as root, nginx's workers run as the user nginx was built with (``nginx_user``), never
+as root. Where that user cannot read the app's directory (a checkout inside a private folder, as CI's
 `mktemp -d` or pytest's temporary folders are, mode 0700), the front gives the workers a
 snapshot in its run directory instead: ``static/`` and the model copy, hard-linked where
 the file system allows, else copied. It is taken at start; the platform restarts the front
@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
-from web.settings import read_settings
-
 SNAPSHOT = "app-files"
+
+
+def nginx_user(nginx: str) -> str | None:
+    """Started as root: the user nginx's workers run as (nginx -V's --user, else nobody); else None."""
+    if os.geteuid() != 0:
+        return None
+    built = re.search(r"--user=(\S+)", subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr)
+    return built.group(1) if built else "nobody"
 
 
 def readable_by(user: str, paths: list[Path]) -> bool:
@@ -37,17 +45,16 @@ def readable_by(user: str, paths: list[Path]) -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
-def hand_run_dir_to(nginx_user: str | None, run_dir: Path) -> None:
-    """Started as root: nginx's workers reach the socket, temporary files and snapshot as that user."""
-    if nginx_user:
-        entry = pwd.getpwnam(nginx_user.split()[0])
+def hand_run_dir_to(user: str | None, run_dir: Path) -> None:
+    """Started as root: nginx's workers reach the socket, temporary files and snapshot as ``user``."""
+    if user:
+        entry = pwd.getpwnam(user)
         os.chown(run_dir, entry.pw_uid, entry.pw_gid)
 
 
-def served_paths(app_root: Path) -> list[Path]:
+def served_paths(app_root: Path, device_model: str) -> list[Path]:
     """What nginx sends from the app's directory: static/ and the model copy, if it is in there."""
     paths = [app_root / "static"]
-    device_model = read_settings()["DEVICE_MODEL_PATH"]
     if device_model:
         model = (app_root / device_model).resolve()
         if model.is_file() and model.is_relative_to(app_root.resolve()):
@@ -55,10 +62,10 @@ def served_paths(app_root: Path) -> list[Path]:
     return paths
 
 
-def files_root_for(nginx_user: str | None, app_root: Path, run_dir: Path) -> Path:
-    """``app_root`` where nginx's workers can read it, else a snapshot in ``run_dir``."""
-    paths = served_paths(app_root)
-    if not nginx_user or readable_by(nginx_user.split()[0], paths):
+def files_root_for(user: str | None, app_root: Path, run_dir: Path, device_model: str) -> Path:
+    """``app_root`` where nginx's workers (as ``user``) can read it, else a snapshot in ``run_dir``."""
+    paths = served_paths(app_root, device_model)
+    if not user or readable_by(user, paths):
         return app_root
     snapshot = run_dir / SNAPSHOT
     for path in paths:

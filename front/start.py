@@ -3,12 +3,16 @@
 The conventions of Heroku's nginx buildpack, for one process on a dyno:
 
 1. A private run directory per start (several servers run side by side on one machine):
-   the app's socket, the ready file, nginx's configuration, pid file and temporary files.
-2. The app command runs with ``APP_SOCKET`` (gunicorn.conf.py binds it) and
-   ``APP_READY_FILE`` (front/ready.py writes it once every worker has warmed up the model).
-3. Once the file exists, the nginx configuration is rendered from the environment
-   (front/config.py) and nginx starts on ``$PORT``: the dyno takes traffic only when ready.
-4. When either process exits, the other is stopped and so is this one, with a non-zero
+   the app's socket, the ready file, the workers' metrics files, nginx's configuration,
+   pid file and temporary files; removed at exit.
+2. The settings are read (web/settings.py) and config/nginx.conf.template is filled in with
+   them (front/config.py) and checked by nginx: a bad value stops the start with the reason
+   before the app loads.
+3. The app command runs with ``APP_SOCKET`` (gunicorn.conf.py binds it), ``APP_READY_FILE``
+   (front/ready.py writes it once every worker has warmed up the model) and
+   ``PROMETHEUS_MULTIPROC_DIR`` (web/metrics.py adds up the workers' numbers there).
+4. Once the file exists, nginx starts on ``$PORT``: the dyno takes traffic only when ready.
+5. When either process exits, the other is stopped and so is this one, with a non-zero
    status: the platform restarts a dyno that lost half of itself. SIGTERM or SIGINT stops
    both (gunicorn gracefully) and exits 0.
 """
@@ -27,9 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import ROOT, FrontSettingError, FrontSettings, RunPaths, nginx_user_when_root, open_files, render
-from .files import files_root_for, hand_run_dir_to
-from web.settings import read_settings
+from web.settings import SettingError, read_settings
+
+from .config import ROOT, CannotStart, open_files, render
+from .files import files_root_for, hand_run_dir_to, nginx_user
 
 # Debian and Ubuntu install nginx in /usr/sbin, which a non-root PATH often lacks; on Heroku
 # the apt buildpack (Aptfile) unpacks it into the slug's .apt/.
@@ -41,11 +46,12 @@ def say(message: str) -> None:
     print(f"front: {message}", file=sys.stderr, flush=True)
 
 
-def find_nginx() -> str:
-    found = read_settings()["NGINX_BINARY"] or shutil.which("nginx")
+def find_nginx(settings: dict) -> str:
+    """NGINX_BINARY, else the nginx on PATH, else one where Debian or the apt buildpack put it."""
+    found = settings["NGINX_BINARY"] or shutil.which("nginx")
     found = found or next((place for place in NGINX_PLACES if os.access(place, os.X_OK)), None)
     if not found:
-        raise FrontSettingError(
+        raise CannotStart(
             "nginx is not installed: apt-get install nginx (make run does), or set NGINX_BINARY to its path"
         )
     return found
@@ -72,12 +78,28 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (open_files(), hard))
 
 
+def metrics_directory(configured: str, run_dir: Path) -> Path:
+    """PROMETHEUS_MULTIPROC_DIR, else one in the run directory; emptied of an earlier run's counts."""
+    directory = Path(configured) if configured else run_dir / "prometheus"
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):  # a previous server's counts would add to this one's
+        stale.unlink()
+    return directory
+
+
+def nginx_environment() -> dict:
+    """The environment without NGINX: nginx reads that as sockets an older nginx handed it."""
+    return {name: value for name, value in os.environ.items() if name != "NGINX"}
+
+
 class Front:
     """The two processes of one start, and how they are stopped together."""
 
-    def __init__(self, app_command: list[str], settings: FrontSettings, nginx: str):
-        self.app_command, self.settings, self.nginx_binary = app_command, settings, nginx
-        self.paths = RunPaths(Path(tempfile.mkdtemp(prefix="front-")))
+    def __init__(self, app_command: list[str], settings: dict, nginx: str, app_root: Path = ROOT):
+        self.app_command, self.settings, self.app_root = app_command, settings, app_root
+        self.nginx_binary = nginx
+        self.run_dir = Path(tempfile.mkdtemp(prefix="front-"))
+        self.ready_file = self.run_dir / "app-ready"
         self.app: subprocess.Popen | None = None
         self.nginx: subprocess.Popen | None = None
         self.stopping = False
@@ -87,40 +109,47 @@ class Front:
             return self._run()
         finally:
             self._stop_all()
-            shutil.rmtree(self.paths.run_dir, ignore_errors=True)
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def prepare(self) -> None:
+        """The run directory for nginx's workers, and nginx's configuration in it, checked by nginx."""
+        user = nginx_user(self.nginx_binary)
+        hand_run_dir_to(user, self.run_dir)
+        files_root = files_root_for(user, self.app_root, self.run_dir, self.settings["DEVICE_MODEL_PATH"])
+        if files_root != self.app_root:
+            say(f"nginx's workers ({user}) cannot read {self.app_root}: they send a snapshot of its files")
+        conf = render(self.settings, self.run_dir, files_root, self.app_root)
+        (self.run_dir / "nginx.conf").write_text(conf)
+        check = subprocess.run(self.nginx_command("-t", "-q"), capture_output=True, text=True,
+                               env=nginx_environment())
+        if check.returncode != 0:
+            raise CannotStart(f"nginx refuses the configuration it was given:\n{check.stderr.strip()}")
+
+    def nginx_command(self, *options: str) -> list[str]:
+        conf = str(self.run_dir / "nginx.conf")
+        return [self.nginx_binary, "-p", str(self.run_dir), "-c", conf, "-e", "stderr", *options]
 
     def _run(self) -> int:
-        nginx_user = nginx_user_when_root(ROOT)
-        hand_run_dir_to(nginx_user, self.paths.run_dir)
-        files_root = files_root_for(nginx_user, ROOT, self.paths.run_dir)
-        if files_root != ROOT:
-            say(f"nginx's workers ({nginx_user.split()[0]}) cannot read {ROOT}: they send a snapshot of its files")
-        # Rendered first, so that a setting nginx refuses stops the start before the app loads.
-        self.paths.nginx_conf.write_text(render(self.settings, self.paths, ROOT, nginx_user, files_root))
-        self._check_nginx_config()
-        env = {**os.environ, "APP_SOCKET": str(self.paths.app_socket), "APP_READY_FILE": str(self.paths.ready_file)}
+        # First, so that a setting nginx refuses stops the start before the app loads.
+        self.prepare()
+        app_socket = self.run_dir / "app.sock"
+        metrics = metrics_directory(self.settings["PROMETHEUS_MULTIPROC_DIR"], self.run_dir)
+        env = {**os.environ, "APP_SOCKET": str(app_socket), "APP_READY_FILE": str(self.ready_file),
+               "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
         self.app = subprocess.Popen(self.app_command, env=env)
-        say(f"started the app (pid {self.app.pid}) on {self.paths.app_socket}; nginx starts once it is ready")
+        say(f"started the app (pid {self.app.pid}) on {app_socket}; nginx starts once it is ready")
         if not self._wait_until_ready():
             return self._exit_status(self.app, "the app")
-        self.nginx = subprocess.Popen(self._nginx_command(), stdin=subprocess.DEVNULL)
-        say(f"nginx (pid {self.nginx.pid}) serves http://{self.settings.listen_address}:{self.settings.port}")
+        self.nginx = subprocess.Popen(self.nginx_command(), stdin=subprocess.DEVNULL, env=nginx_environment())
+        address, port = self.settings["LISTEN_ADDRESS"], self.settings["PORT"]
+        say(f"nginx (pid {self.nginx.pid}) serves http://{address}:{port}")
         return self._watch()
-
-    def _nginx_command(self, *options: str) -> list[str]:
-        run_dir, conf = str(self.paths.run_dir), str(self.paths.nginx_conf)
-        return [self.nginx_binary, "-p", run_dir, "-c", conf, "-e", "stderr", *options]
-
-    def _check_nginx_config(self) -> None:
-        check = subprocess.run(self._nginx_command("-t", "-q"), capture_output=True, text=True)
-        if check.returncode != 0:
-            raise FrontSettingError(f"nginx refuses the configuration it was given:\n{check.stderr.strip()}")
 
     def _wait_until_ready(self) -> bool:
         while not self.stopping:
             if self.app.poll() is not None:
                 return False
-            if self.paths.ready_file.exists():
+            if self.ready_file.exists():
                 return True
             time.sleep(0.05)
         return False
@@ -177,9 +206,9 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     try:
-        settings = FrontSettings.from_env()
-        nginx = find_nginx()
-    except FrontSettingError as error:
+        settings = read_settings()
+        nginx = find_nginx(settings)
+    except (SettingError, CannotStart) as error:
         say(str(error))
         return 2
     raise_open_file_limit()
@@ -189,6 +218,6 @@ def main(argv: list[str]) -> int:
         signal.signal(number, front.on_signal)
     try:
         return front.run()
-    except FrontSettingError as error:
+    except CannotStart as error:
         say(str(error))
         return 2

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from front.config import FrontSettings
+from web.settings import read_settings
 
 from testing import ROOT
 from testing.load import memory_mb, raw_exchange
@@ -33,8 +33,9 @@ from testing.servers import child_pids, procfile_server
 pytestmark = pytest.mark.slow
 
 ROUTER = "127.0.0.1"
-SHIPPED = FrontSettings.from_env({"PORT": "8000"})  # the front's defaults, as the server runs here
-RATE_LIMIT_BURST, CONNECTION_LIMIT = SHIPPED.rate_limit_burst, SHIPPED.connection_limit
+SHIPPED = read_settings({"PORT": "8000"})  # the front's defaults, as the server runs here
+RATE_LIMIT_BURST, CONNECTION_LIMIT = SHIPPED["RATE_LIMIT_BURST"], SHIPPED["CONNECTION_LIMIT"]
+OVER_THE_LIMIT = (SHIPPED["MAX_UPLOAD_MB"] + 1) * 2**20
 WASM = "/static/vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm"
 
 
@@ -305,7 +306,8 @@ def json_error(answer: bytes) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("data, expected", [
-    (b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n\xff\xd8" % ((SHIPPED.max_upload_mb + 1) * 2**20),
+    (b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
+     b"Content-Length: %d\r\n\r\n\xff\xd8" % OVER_THE_LIMIT,
      (413, "payload_too_large")),
     (b"GET /static/no-such-file.js HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", (404, "not_found")),
     (b"POST /static/app.css HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx", (405, "method_not_allowed")),

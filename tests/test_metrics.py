@@ -14,8 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from web import multiprocess_metrics
-
 from testing.load import worker_pids
 from testing.multipart import post_files
 from testing.samples import image_bytes
@@ -66,9 +64,9 @@ def wait_for(condition, timeout=30.0, what="condition"):
 @pytest.mark.slow
 def test_metrics_add_up_across_two_gunicorn_workers(tiny_model_path, tmp_path):
     log = tmp_path / "gunicorn.log"
-    metrics_dir = tmp_path / "prometheus"
-    env = {"MODEL_PATH": str(tiny_model_path), multiprocess_metrics.ENV_VAR: str(metrics_dir)}
+    env = {"MODEL_PATH": str(tiny_model_path)}
     with procfile_server(env=env, log_path=log) as (url, process):
+        metrics_dir = process.run_dir / "prometheus"  # the front's (front/start.py)
         wait_for(lambda: log.read_text().count("loaded in") == 2, what="both workers to load")
         workers = worker_pids(process.pid)
         assert len(workers) == 2
@@ -152,26 +150,3 @@ def test_an_unknown_route_is_counted_under_one_label(client):
     client.get("/random-scan-12345")
     after = value(scrape_client(client), "http_requests_total", method="GET", route="unmatched", status="404")
     assert after == before + 2
-
-
-def test_the_master_empties_the_metrics_directory_of_an_earlier_run(tmp_path, monkeypatch):
-    directory = tmp_path / "prom"
-    directory.mkdir()
-    (directory / "counter_123.db").write_bytes(b"old counts")
-    (directory / "keep.txt").write_text("not ours")
-    monkeypatch.setenv(multiprocess_metrics.ENV_VAR, str(directory))
-    assert multiprocess_metrics.prepare_directory() == directory
-    assert sorted(p.name for p in directory.iterdir()) == ["keep.txt"]
-
-
-def test_the_master_makes_a_temporary_directory_when_none_is_set(monkeypatch):
-    monkeypatch.delenv(multiprocess_metrics.ENV_VAR, raising=False)
-    directory = multiprocess_metrics.prepare_directory()
-    try:
-        assert directory.is_dir() and os.environ[multiprocess_metrics.ENV_VAR] == str(directory)
-    finally:
-        multiprocess_metrics.remove_directory()
-        # Not monkeypatch.delenv: it would note the value prepare_directory set and put it back
-        # at teardown, leaving every later test's /metrics in multiprocess mode.
-        os.environ.pop(multiprocess_metrics.ENV_VAR, None)
-    assert not directory.exists()

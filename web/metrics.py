@@ -1,14 +1,13 @@
 """Prometheus metrics for the service, and ``GET /metrics`` to scrape them.
 
 Under gunicorn every worker is its own process, so prometheus-client runs in multiprocess
-mode (web/multiprocess_metrics.py sets it up in the master): each worker writes to shared
-files and a scrape sums them, whichever worker answers it. Without gunicorn (tests,
-``flask run``) the usual in-process registry is used.
+mode: the front (front/start.py) sets PROMETHEUS_MULTIPROC_DIR, each worker writes to files
+there and a scrape sums them, whichever worker answers it; gunicorn.conf.py lets go of a
+worker that exits. Without it (tests, ``flask run``) the usual in-process registry is used.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -22,8 +21,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-
-from .multiprocess_metrics import ENV_VAR
 
 # Latencies here run from a few milliseconds (a thumbnail) to seconds (a queue under load).
 _BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -62,9 +59,9 @@ def scrape():
 
 
 def _registry():
-    if os.environ.get(ENV_VAR):
+    if current_app.config["PROMETHEUS_MULTIPROC_DIR"]:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry, path=current_app.config["PROMETHEUS_MULTIPROC_DIR"])
         return registry
     return REGISTRY
 

@@ -1,14 +1,15 @@
-"""gunicorn hook: after a large request, give the memory it used back to the system.
+"""After a large request, give the memory it used back to the system.
 
 A phone photo or a 16-image batch leaves freed heap in the worker, which glibc keeps for
 reuse; summed over the workers, that decides which dyno the server fits (docs/memory.md has
 the figures). Trimming makes the next request fault its buffers back in, so it runs only
-after requests that leave enough behind, once the response has been sent and the request's
-buffers are garbage. Standard library only: the
-master imports this module with gunicorn.conf.py.
+after requests that leave enough behind, once the response has been sent (the response's
+close, which gunicorn calls after the last byte) and the request's buffers are garbage.
 """
 
 from __future__ import annotations
+
+from flask import Flask, Response, request
 
 from classifier import memory
 
@@ -18,11 +19,9 @@ LARGE_BODY_BYTES = 256 * 1024
 BATCH_PATH = "/predict/batch"
 
 
-def post_request(worker, req, environ, resp) -> None:
-    """gunicorn's post_request hook, named in gunicorn.conf.py."""
-    try:
-        body = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        body = 0
-    if body >= LARGE_BODY_BYTES or environ.get("PATH_INFO") == BATCH_PATH:
-        memory.trim_heap()
+def init_app(app: Flask) -> None:
+    @app.after_request
+    def trim_after_large_requests(response: Response) -> Response:
+        if (request.content_length or 0) >= LARGE_BODY_BYTES or request.path == BATCH_PATH:
+            response.call_on_close(memory.trim_heap)
+        return response
