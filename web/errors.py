@@ -4,7 +4,7 @@ Each error is JSON, ``{"error": {"code": ..., "message": ...}}``, with the statu
 gives its code. The app raises: the classifier package its ``InputError`` kinds (a code and
 a message, no HTTP status), the web layer ``ApiError``; ``register_error_handlers`` answers
 them all here. The front renders nginx's own error pages from the same table
-(front/nginx.py), so a client gets the same body whoever answers. Messages may name the
+(front/config.py, config/nginx.conf.template), so a client gets the same body whoever answers. Messages may name the
 settings they depend on, as ``{MAX_UPLOAD_MB}``; ``message`` fills them in.
 
 Standard library only at import: the front reads the table without loading Flask.

@@ -11,7 +11,7 @@ What can be lost, and how it is counted (``prediction_records_lost_total{reason}
 and not yet known to be), ``database_unavailable`` for a batch the database refused,
 ``duplicate_request_id`` for a client that reused an X-Request-ID, and ``write_failed`` for
 anything else that went wrong in writing (a bug: logged with its traceback). ``close()`` (gunicorn's
-worker_exit, atexit) writes what is left, so a graceful stop loses nothing; a worker killed
+at exit: a gunicorn worker leaves through sys.exit, so atexit runs) writes what is left, so a graceful stop loses nothing; a worker killed
 outright loses what was waiting, at most one flush interval of records.
 """
 
@@ -199,7 +199,7 @@ _WRITERS: "weakref.WeakSet[RecordWriter]" = weakref.WeakSet()
 
 
 def close_all(*_args) -> None:
-    """Flush and stop every writer of this process; gunicorn's worker_exit hook, and atexit."""
+    """Flush and stop every writer of this process; run at exit (a gunicorn worker exits through sys.exit)."""
     for writer in list(_WRITERS):
         try:
             writer.close()
