@@ -10,9 +10,10 @@ What can be lost, and how it is counted (``prediction_records_lost_total{reason}
 ``queue_full`` when the queue is at its limit (a database slower than the traffic, or down
 and not yet known to be), ``database_unavailable`` for a batch the database refused,
 ``duplicate_request_id`` for a client that reused an X-Request-ID, and ``write_failed`` for
-anything else that went wrong in writing (a bug: logged with its traceback). ``close()`` (gunicorn's
-at exit: a gunicorn worker leaves through sys.exit, so atexit runs) writes what is left, so a graceful stop loses nothing; a worker killed
-outright loses what was waiting, at most one flush interval of records.
+anything else that went wrong in writing (a bug: logged with its traceback). ``close()``, at exit
+(a gunicorn worker leaves through sys.exit, so atexit runs), writes what is left, so a graceful
+stop loses nothing; a worker killed outright loses what was waiting, at most one flush interval
+of records.
 """
 
 from __future__ import annotations
