@@ -111,13 +111,13 @@ def serve_onnx_copy(model_path, onnx_path, threads: int) -> EngineChoice:
         raise OnnxCopyUnavailable("no ONNX copy is configured (ONNX_MODEL_PATH is empty).")
     model_path, onnx_path = Path(model_path), Path(onnx_path)
     manifest = matching_onnx_copy(onnx_path, model_path).manifest
-    if manifest["source"]["sha256"] != file_sha256(model_path):  # a variant (int8) of the file it was made from
+    if manifest["source"]["sha256"] != file_sha256(model_path):  # a variant (int8) of the file it names
         raise OnnxCopyUnavailable(f"{onnx_path} was exported from {manifest['source'].get('file')}, "
                                   f"of which {model_path.name} is a variant with answers of its own.")
     meta = read_meta(model_path)
     reference, source = _reference_answers(meta, manifest, model_path, manifest_path(onnx_path))
     if list(reference["labels"]) != list(manifest["labels"]):
-        raise OnnxCopyUnavailable(f"{manifest_path(onnx_path)} lists other labels than {source}. {REGENERATE}")
+        raise OnnxCopyUnavailable(f"{manifest_path(onnx_path)} lists other labels than {source}.")
     engine = OnnxRuntimeEngine(onnx_path, threads)
     if file_sha256(onnx_path) != manifest["sha256"]:  # the file ONNX Runtime read is the one described
         raise OnnxCopyUnavailable(f"{onnx_path} changed while it was being loaded.")
@@ -127,28 +127,30 @@ def serve_onnx_copy(model_path, onnx_path, threads: int) -> EngineChoice:
     memory.trim_heap()  # what hashing, loading and the first calls freed
     model = LoadedModel(module=None, labels=tuple(manifest["labels"]), meta=meta, path=str(model_path),
                         load_seconds=time.perf_counter() - started)
-    reason = (f"{onnx_path.name} answers as {model_path.name} does: max |Δp| {difference:.1e} on the smoke "
-              f"batch against the TorchScript answers in {source}")
+    reason = (f"{onnx_path.name} answers as {model_path.name} does: max |Δp| {difference:.1e} "
+              f"on the smoke batch against the TorchScript answers in {source}")
     return EngineChoice(model, engine, reason)
 
 
 def _reference_answers(meta: dict, manifest: dict, model_path: Path, manifest_file: Path) -> tuple[dict, str]:
-    """The TorchScript answers to compare with, and where they come from: the model file's own, else the manifest's."""
+    """The TorchScript answers to compare with, and where: the model file's own, else the manifest's."""
     if SMOKE_ANSWERS in meta:
         recorded, source = meta[SMOKE_ANSWERS], f"{model_path.name}'s meta.json"
     else:
-        recorded, source = (manifest.get("evidence") or {}).get(SMOKE_ANSWERS), f"{manifest_file.name}'s evidence"
+        recorded = (manifest.get("evidence") or {}).get(SMOKE_ANSWERS)
+        source = f"{manifest_file.name}'s evidence"
     if not isinstance(recorded, dict) or not isinstance(recorded.get("labels"), list):
-        raise OnnxCopyUnavailable(f"{source} records no TorchScript answers to compare the copy with. {REGENERATE}")
+        raise OnnxCopyUnavailable(f"{source} records no TorchScript answers to compare the copy with. "
+                                  f"{REGENERATE}")
     return recorded, source
 
 
 def _smoke_difference(engine: OnnxRuntimeEngine, reference: dict, onnx_path: Path, source: str) -> float:
-    """The largest difference between ONNX Runtime's probabilities on the smoke batch and the recorded ones."""
+    """The largest difference between ONNX Runtime's probabilities on the smoke batch and the record's."""
     try:
         expected = np.asarray(reference["probabilities"], dtype=np.float64)
     except (KeyError, TypeError, ValueError) as exc:
-        raise OnnxCopyUnavailable(f"{source} holds no smoke-batch probabilities ({exc}). {REGENERATE}") from exc
+        raise OnnxCopyUnavailable(f"{source} holds no smoke-batch probabilities ({exc}).") from exc
     try:
         got = softmax(engine(smoke_batch()))
     except Exception as exc:  # onnxruntime raises its own exception types
@@ -158,19 +160,21 @@ def _smoke_difference(engine: OnnxRuntimeEngine, reference: dict, onnx_path: Pat
                                   f"{source} records {expected.shape}.")
     difference = float(np.abs(got - expected).max())
     if not difference <= AGREEMENT_TOLERANCE:  # NaN fails too
-        raise OnnxCopyUnavailable(f"{onnx_path} disagrees with the TorchScript answers in {source} on the smoke "
-                                  f"batch (max |Δp| {difference:.1e}, more than {AGREEMENT_TOLERANCE:.0e}).")
+        raise OnnxCopyUnavailable(f"{onnx_path} disagrees with the TorchScript answers in {source} "
+                                  f"on the smoke batch (max |Δp| {difference:.1e}, "
+                                  f"over {AGREEMENT_TOLERANCE:.0e}).")
     return difference
 
 
 def smoke_answers(labels, logits: np.ndarray) -> dict:
     """A model's own answers on ``smoke_batch()``, as meta.json and the manifest record them."""
     probabilities = np.round(softmax(np.asarray(logits)), 8)  # far below the tolerance, and readable
-    return {"images": "classifier.model.smoke_batch()", "labels": list(labels), "probabilities": probabilities.tolist()}
+    return {"images": "classifier.model.smoke_batch()", "labels": list(labels),
+            "probabilities": probabilities.tolist()}
 
 
 def write_manifest(onnx_path: str | Path, model: LoadedModel) -> Path:
-    """Describe ``onnx_path``, just exported from ``model`` (loaded with torch), with the evidence a worker checks.
+    """Describe ``onnx_path``, exported from ``model`` (loaded with torch), with the evidence workers check.
 
     Raises ``OnnxCopyUnavailable`` when the copy does not give the model's answers.
     """
@@ -179,7 +183,8 @@ def write_manifest(onnx_path: str | Path, model: LoadedModel) -> Path:
     got = OnnxRuntimeEngine(onnx_path, threads=1)(smoke_batch())
     difference = float(np.abs(softmax(got) - softmax(expected)).max())
     if not difference <= AGREEMENT_TOLERANCE:
-        raise OnnxCopyUnavailable(f"{onnx_path} disagrees with {model_path} on the smoke batch (max |Δp| {difference:.1e}).")
+        raise OnnxCopyUnavailable(f"{onnx_path} disagrees with {model_path} on the smoke batch "
+                                  f"(max |Δp| {difference:.1e}).")
     manifest = {
         "format": "onnx",
         "file": onnx_path.name,

@@ -92,7 +92,7 @@ class Classifier:
         through here, so all apply the same checks.
         """
         chosen = choose_engine(engine, model_path, onnx_path, threads or os.cpu_count() or 1)
-        classifier = cls(chosen.model, max_pixels=max_pixels, engine=chosen.engine, engine_reason=chosen.reason)
+        classifier = cls(chosen.model, max_pixels, engine=chosen.engine, engine_reason=chosen.reason)
         classifier.smoke_test()
         return classifier
 

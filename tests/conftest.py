@@ -80,7 +80,8 @@ def unrecorded_model(tiny_model_path, tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("unrecorded")
     meta = {key: value for key, value in read_meta(tiny_model_path).items() if key != SMOKE_ANSWERS}
     path = folder / "model.zip"
-    torch.jit.save(torch.jit.load(str(tiny_model_path)), str(path), _extra_files={"meta.json": json.dumps(meta)})
+    module = torch.jit.load(str(tiny_model_path))
+    torch.jit.save(module, str(path), _extra_files={"meta.json": json.dumps(meta)})
     return path, export_onnx(path, folder / "model.onnx")
 
 

@@ -1,4 +1,4 @@
-"""The ONNX copy of the model: exported, described with its evidence, and offered to browsers only while it matches.
+"""The ONNX copy of the model: exported, described with its evidence, offered to browsers while it matches.
 
 ``classifier.onnx_copy`` writes the manifest and decides whether ``model.onnx`` may be handed
 to browsers; ``web/device.py`` serves it. A copy made from another model file is refused with
@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from app import create_app
-from classifier.onnx_copy import AGREEMENT_TOLERANCE, file_sha256, manifest_path, matching_onnx_copy, write_manifest
+from classifier.onnx_copy import (AGREEMENT_TOLERANCE, file_sha256, manifest_path, matching_onnx_copy,
+                                  write_manifest)
 from classifier.errors import OnnxCopyUnavailable
 from classifier.model import SMOKE_ANSWERS, load_model, smoke_batch
 
@@ -59,7 +60,7 @@ def test_the_manifest_records_the_evidence_a_worker_checks(tiny_model_path, tiny
     assert set(evidence["versions"]) == {"torch", "onnxruntime"} and all(evidence["versions"].values())
 
 
-def test_a_copy_that_does_not_give_the_models_answers_gets_no_manifest(tiny_model_path, impostor_onnx, tmp_path):
+def test_a_copy_without_the_models_answers_gets_no_manifest(tiny_model_path, impostor_onnx, tmp_path):
     other = tmp_path / "other.onnx"
     shutil.copy(impostor_onnx, other)
     with pytest.raises(OnnxCopyUnavailable, match="disagrees"):
