@@ -118,7 +118,10 @@ def serve_onnx_copy(model_path, onnx_path, threads: int) -> EngineChoice:
     reference, source = _reference_answers(meta, manifest, model_path, manifest_path(onnx_path))
     if list(reference["labels"]) != list(manifest["labels"]):
         raise OnnxCopyUnavailable(f"{manifest_path(onnx_path)} lists other labels than {source}.")
-    engine = OnnxRuntimeEngine(onnx_path, threads)
+    try:
+        engine = OnnxRuntimeEngine(onnx_path, threads)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise OnnxCopyUnavailable(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
     if file_sha256(onnx_path) != manifest["sha256"]:  # the file ONNX Runtime read is the one described
         raise OnnxCopyUnavailable(f"{onnx_path} changed while it was being loaded.")
     difference = _smoke_difference(engine, reference, onnx_path, source)

@@ -8,11 +8,13 @@ processes, none with torch: tests/test_lean_server.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -167,6 +169,18 @@ def test_a_manifest_with_other_labels_is_refused(tiny_model_path, tiny_onnx, tmp
     with pytest.raises(ModelContractError, match="lists other labels than tiny.zip's meta.json"):
         Classifier.setup(tiny_model_path, threads=1, engine="onnxruntime",
                          onnx_path=forged(tiny_onnx, tmp_path, relabelled))
+
+
+def test_a_copy_onnx_runtime_cannot_load_is_refused_with_its_reason(tiny_model_path, tiny_onnx, tmp_path):
+    junk = b"not an ONNX file"
+
+    def describes_junk(manifest):
+        manifest["sha256"] = hashlib.sha256(junk).hexdigest()
+
+    copy = Path(forged(tiny_onnx, tmp_path, describes_junk))
+    copy.write_bytes(junk)
+    auto = Classifier.setup(tiny_model_path, threads=1, engine="auto", onnx_path=copy)
+    assert auto.engine.name == "torchscript" and "ONNX Runtime cannot load" in auto.engine_reason
 
 
 def test_a_variant_of_the_model_the_copy_was_made_from_is_not_served_by_it(tiny_model_path, tiny_onnx,
