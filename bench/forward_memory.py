@@ -30,7 +30,7 @@ from classifier.pipeline import Classifier
 images_per_pass, files = int(sys.argv[1]), sys.argv[2:]
 def status(key):
     return next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith(key))
-classifier = Classifier.setup("model.zip", threads=1, engine="onnxruntime", check_store=None, onnx_path="model.onnx")
+classifier = Classifier.setup("model.zip", threads=1, engine="onnxruntime", onnx_path="model.onnx")
 images = [resize_for_model(decode_image(Path(f).read_bytes())) for f in files]
 classifier.predict(images[:1])
 idle = status("VmRSS")
@@ -55,7 +55,7 @@ fix = memory.return_large_blocks_to_the_system
 memory.return_large_blocks_to_the_system = lambda: None  # the engine calls it; here the variant decides when
 if when == "before":
     fix()
-classifier = Classifier.setup("model.zip", threads=1, engine="onnxruntime", check_store=None, onnx_path="model.onnx")
+classifier = Classifier.setup("model.zip", threads=1, engine="onnxruntime", onnx_path="model.onnx")
 if when == "after":
     fix()
 uploads = [Path(f).read_bytes() for f in files]

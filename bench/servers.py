@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # Settings of ours that the caller's shell might hold; the benchmark serves the defaults.
 _OUR_SETTINGS = ("WEB_CONCURRENCY", "TORCH_THREADS", "GUNICORN_TIMEOUT", "MAX_REQUESTS", "MODEL_PATH",
-                 "INFERENCE_ENGINE", "ONNX_MODEL_PATH", "VERIFIED_COPIES_DIR", "RATE_LIMIT", "RATE_LIMIT_BURST",
+                 "INFERENCE_ENGINE", "ONNX_MODEL_PATH", "RATE_LIMIT", "RATE_LIMIT_BURST",
                  "CONNECTION_LIMIT", "CLIENT_TIMEOUT", "TRUSTED_PROXIES", "NGINX_WORKERS", "LISTEN_ADDRESS")
 
 

@@ -2,11 +2,9 @@
 
 ``model.zip`` is the contract and the source of truth. On this project's CPUs ONNX Runtime
 runs the same network faster than TorchScript (docs/model-variants.md#which-to-serve
-measures by how much), with the same answers, and a worker that needs no torch holds far less memory
-(docs/memory.md). So where a verified ONNX copy of the served model sits beside it
-(``model.onnx``, made by ``python -m training.variants`` and named by its manifest), the
-service runs that copy instead; ``classifier/verified_copy.py`` says what "verified" means
-and where it is checked.
+measures by how much), with the same answers, and a worker that needs no torch holds far less
+memory (docs/memory.md). Which of the two serves, and why, is ``classifier/onnx_copy.py``'s
+to decide.
 
 Both engines take a float32 N×3×224×224 array in [0, 1] and return N×C logits, as numpy
 arrays: nothing here imports torch unless the TorchScript engine is built.
@@ -20,12 +18,6 @@ import numpy as np
 
 from . import memory
 from .model import LoadedModel
-
-ENGINES = ("auto", "onnxruntime", "torchscript")
-# Largest difference in any class probability between the two engines that still counts as
-# the same model: float rounding stays far below it, a different model far above
-# (docs/model-variants.md has the agreement measured).
-AGREEMENT_TOLERANCE = 1e-4
 
 
 class TorchScriptEngine:

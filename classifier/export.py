@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from .images import INPUT_SIZE
-from .model import META_FILE
+from .model import META_FILE, SMOKE_ANSWERS, smoke_batch
+from .onnx_copy import smoke_answers
 
 
 class ServedModel(nn.Module):
@@ -49,7 +50,11 @@ def export_model(
     mean=EFFICIENTNET_LITE_MEAN,
     std=EFFICIENTNET_LITE_STD,
 ) -> Path:
-    """Trace, freeze and save ``network`` with normalisation, labels and meta.json."""
+    """Trace, freeze and save ``network`` with normalisation, labels and meta.json.
+
+    meta.json also records the file's own answers on the smoke batch: the reference that its
+    ONNX copy is held to when a worker serves it without torch (classifier/onnx_copy.py).
+    """
     path = Path(path)
     # Trace the network (any Python it has is fine) and script the wrapper around it:
     # tracing alone would drop `labels`, which is not a tensor.
@@ -59,7 +64,10 @@ def export_model(
     wrapped = torch.jit.script(ServedModel(traced, labels, mean, std).eval())
     # Freezing inlines weights as constants for speed; `labels` must be kept by name.
     frozen = torch.jit.freeze(wrapped, preserved_attrs=["labels"])
-    full_meta = {**meta, "classes": len(labels), "input_size": list(INPUT_SIZE)}  # what the file holds wins
+    with torch.inference_mode():
+        answers = smoke_answers(labels, frozen(torch.from_numpy(smoke_batch())).float().numpy())
+    # What the file holds wins (a variant's meta starts as its source's).
+    full_meta = {**meta, "classes": len(labels), "input_size": list(INPUT_SIZE), SMOKE_ANSWERS: answers}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.save(frozen, str(path), _extra_files={META_FILE: json.dumps(full_meta, indent=2)})
     return path

@@ -119,11 +119,10 @@ def test_output_file_and_bad_options(runner, images, tmp_path):
     assert "'top' must be from 1 to 3" in predict(runner, images / "red.png", "--top", "4").stderr
 
 
-def test_the_shipped_model_on_the_lean_path_without_torch_and_with_torchscripts_answers(data_dir, tmp_path):
+def test_the_shipped_model_on_the_lean_path_without_torch_and_with_torchscripts_answers(data_dir):
     """The command in its own process, as a person runs it: ONNX Runtime on the verified copy."""
     folders = [data_dir / "ucmerced" / cls for cls in ("airplane", "beach", "river")]
-    environment = {**os.environ, "MODEL_PATH": str(ROOT / "model.zip"), "ONNX_MODEL_PATH": str(ROOT / "model.onnx"),
-                   "VERIFIED_COPIES_DIR": str(tmp_path / "checks")}
+    environment = {**os.environ, "MODEL_PATH": str(ROOT / "model.zip"), "ONNX_MODEL_PATH": str(ROOT / "model.onnx")}
 
     def run(engine: str) -> subprocess.CompletedProcess:
         # -X importtime lists every module the process imports, on stderr.

@@ -19,15 +19,14 @@ from testing.samples import dataset_jpegs
 TOLERANCE = 1e-5
 
 
-def shipped_app(engine: str, store):
+def shipped_app(engine: str):
     return create_app({"TESTING": True, "MODEL_PATH": str(ROOT / "model.zip"), "ONNX_MODEL_PATH": str(ROOT / "model.onnx"),
-                       "INFERENCE_ENGINE": engine, "TORCH_THREADS": 1, "VERIFIED_COPIES_DIR": str(store)})
+                       "INFERENCE_ENGINE": engine, "TORCH_THREADS": 1})
 
 
 @pytest.fixture(scope="module")
-def clients(tmp_path_factory):
-    store = tmp_path_factory.mktemp("checks")
-    lean, torchscript = shipped_app("onnxruntime", store), shipped_app("torchscript", store)
+def clients():
+    lean, torchscript = shipped_app("onnxruntime"), shipped_app("torchscript")
     assert lean.extensions[served_model.EXTENSION_KEY].model.module is None  # nothing of torch's in the lean app
     return lean.test_client(), torchscript.test_client()
 

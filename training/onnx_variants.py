@@ -3,7 +3,8 @@
 The float32 export goes through torch's TorchScript-based exporter, the one that accepts a
 frozen ``ScriptModule`` as it is (the torch.export-based exporter, torch's default since
 2.9, needs the eager network). Labels and meta.json travel inside the ONNX file as metadata,
-and a manifest beside it tells the server and the page what it is
+and a manifest beside it tells the server and the page what it is, with the evidence that it
+gives the model file's answers, which each worker checks again without torch
 (``classifier.onnx_copy``).
 
 The int8 copy is ONNX Runtime's static quantisation: QDQ format, per-channel symmetric int8
@@ -29,7 +30,7 @@ OPSET = 17
 
 
 def export_onnx(model_path: str | Path, onnx_path: str | Path, manifest: bool = True) -> Path:
-    """Export a model file to ONNX float32 with a dynamic batch size; write its manifest."""
+    """Export a model file to ONNX float32 with a dynamic batch size; write its manifest and evidence."""
     import onnx
 
     loaded = load_model(model_path)
@@ -58,7 +59,7 @@ def export_onnx(model_path: str | Path, onnx_path: str | Path, manifest: bool = 
     model.doc_string = f"{loaded.name} {loaded.version}, exported from {Path(model_path).name}"
     onnx.save(model, str(onnx_path))
     if manifest:
-        write_manifest(onnx_path, model_path, loaded.labels, loaded.meta)
+        write_manifest(onnx_path, loaded)
     return onnx_path
 
 

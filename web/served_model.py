@@ -106,5 +106,4 @@ def setup_options(config, threads: int | None = None) -> dict:
         "threads": threads or config["TORCH_THREADS"],
         "engine": config["INFERENCE_ENGINE"],
         "onnx_path": config["ONNX_MODEL_PATH"] or None,
-        "check_store": config.get("VERIFIED_COPIES_DIR") or None,
     }
