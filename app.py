@@ -1,8 +1,8 @@
-"""The web service: ``gunicorn app:app`` serves it, ``flask --app app`` runs its commands.
+"""The web service: ``gunicorn 'app:create_app()'`` serves it, ``flask --app app`` runs its commands.
 
 ``create_app`` builds a new app from defaults, the environment and an optional mapping;
 the model is loaded in each gunicorn worker after it forks, never in the master
-(web/served_model.py).
+(web/served_model.py). Importing this module builds nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from flask import Flask
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from web import access_log, metrics, monitoring, request_memory, served_model
+from web import access_log, api_spec, metrics, monitoring, request_memory, served_model
 from web.api import api
 from web.cli import register_commands
 from web.device import device
@@ -26,7 +26,8 @@ def create_app(config: dict | None = None) -> Flask:
     app.request_class = InMemoryUploadRequest
     if read_runtime().app_socket:  # behind the front: only nginx reaches the socket, and names the client
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)
-    config = config or {}
+    # `flask --app app` calls this with no mapping: its commands load the model only when needed.
+    config = config if config is not None else served_model.when_run_from_flask_cli() or {}
     settings = read_settings(overrides=config)
     app.config.from_mapping(settings, MAX_CONTENT_LENGTH=settings["MAX_UPLOAD_MB"] * MEGABYTE, LOAD_MODEL=True)
     # What is not a setting: Flask's own keys (TESTING, MAX_CONTENT_LENGTH in bytes), LOAD_MODEL.
@@ -39,21 +40,10 @@ def create_app(config: dict | None = None) -> Flask:
     # Read as the front reads it (web/settings.py), so that nginx's own answers and the app's allow the same origins.
     origins = app.config["CORS_ORIGINS"]
     CORS(app, origins="*" if origins == ("*",) else list(origins), expose_headers=[access_log.REQUEST_ID_HEADER])
-    register_error_handlers(app)
-    app.register_blueprint(api)
-    app.register_blueprint(pages)
-    app.register_blueprint(device)
     monitoring.init_app(app)
     register_commands(app)
-
     served_model.init_app(app)
+    # The routes, after the model: the OpenAPI document lists its classes (web/api_spec.py).
+    api_spec.init_app(app, [api, pages, device, monitoring.monitoring, metrics.metrics])
+    register_error_handlers(app)  # after flask-smorest's, which it replaces
     return app
-
-
-def __getattr__(name: str):
-    # `gunicorn app:app` and `flask --app app` look up `app` here: build it on first use,
-    # so importing this module (tests, tools) loads no model.
-    if name == "app":
-        globals()["app"] = create_app(served_model.when_run_from_flask_cli())
-        return globals()["app"]
-    raise AttributeError(name)

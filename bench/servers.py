@@ -89,7 +89,7 @@ def ours_direct(port: int, model: Path) -> Contender:
     return Contender(
         name="ours-direct",
         title="ours, gunicorn direct (no nginx)",
-        command=[str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "app:app"],
+        command=[str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "app:create_app()"],
         cwd=ROOT,
         env=clean_env(PORT=str(port), MODEL_PATH=str(model), ONNX_MODEL_PATH=str(model.with_suffix(".onnx"))),
         readiness="health",

@@ -202,7 +202,7 @@ class Front:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: bin/start-nginx <app command>, e.g. bin/start-nginx gunicorn --config gunicorn.conf.py app:app",
+        print("usage: bin/start-nginx <app command>, e.g. bin/start-nginx gunicorn --config gunicorn.conf.py 'app:create_app()'",
               file=sys.stderr)
         return 2
     try:

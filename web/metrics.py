@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, g, request
+from flask_smorest import Blueprint
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -39,7 +40,7 @@ INFERENCE_IMAGES = Counter("model_inference_images", "Images that went through t
 MODEL_INFO = Gauge("model_info", "The model being served (value 1).", ["name", "version"],
                    multiprocess_mode="livemax")
 
-metrics = Blueprint("metrics", __name__)
+metrics = Blueprint("metrics", __name__, description="Prometheus metrics")
 
 # app.extensions key: functions that return more exposition text, computed at scrape time
 # (web/monitoring.py: figures from the database every worker shares).
@@ -49,7 +50,10 @@ SCRAPE_PREPARE = "metrics_scrape_prepare"
 
 
 @metrics.get("/metrics")
+@metrics.alt_response(200, schema={"type": "string"}, content_type="text/plain",
+                      description="Prometheus text exposition format", success=True)
 def scrape():
+    """Prometheus metrics"""
     for prepare in current_app.extensions.get(SCRAPE_PREPARE, ()):
         prepare()
     body = generate_latest(_registry())
@@ -85,8 +89,6 @@ def set_model_info(name: str, version: str) -> None:
 
 
 def init_app(app: Flask) -> None:
-    app.register_blueprint(metrics)
-
     @app.before_request
     def start_request_metrics():
         g.metrics_started = time.perf_counter()
