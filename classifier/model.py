@@ -123,7 +123,7 @@ def _read_labels(module, path: Path) -> tuple[str, ...]:
     if labels is None:
         raise ModelContractError(
             f"{path} has no 'labels' attribute. Export with preserved_attrs=['labels'] "
-            "when freezing (see classifier.export)."
+            "when freezing (see training.export)."
         )
     labels = tuple(labels)
     if not labels or not all(isinstance(label, str) and label for label in labels):

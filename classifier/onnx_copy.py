@@ -2,11 +2,13 @@
 
 ``model.zip`` is the contract. ``model.onnx`` is an ONNX copy of it, made by ``python -m
 training.variants`` and committed beside it with its manifest, ``model.onnx.json``. The
-evidence is recorded when the copy is made, where torch is at hand (``write_manifest``): the
+evidence is recorded when the copy is made, where torch is at hand (``write_manifest`` in
+training/onnx_variants.py): the
 SHA-256 of the model file it was made from and of the copy itself, the TorchScript model's own
 probabilities on the fixed smoke batch (``classifier.model.smoke_batch``), how far ONNX
-Runtime's were from them, the tolerance and both engines' versions. ``export_model`` records
-the same TorchScript answers in every model file's own meta.json (``SMOKE_ANSWERS``).
+Runtime's were from them, the tolerance and both engines' versions. ``export_model``
+(training/export.py) records the same TorchScript answers in every model file's own meta.json
+(``SMOKE_ANSWERS``).
 
 Each worker then decides once, at start-up, without torch and without another process
 (``choose_engine``): ONNX Runtime serves the copy when its manifest names the served file by
@@ -33,7 +35,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
@@ -169,52 +170,6 @@ def _smoke_difference(engine: OnnxRuntimeEngine, reference: dict, onnx_path: Pat
     return difference
 
 
-def smoke_answers(labels, logits: np.ndarray) -> dict:
-    """A model's own answers on ``smoke_batch()``, as meta.json and the manifest record them."""
-    probabilities = np.round(softmax(np.asarray(logits)), 8)  # far below the tolerance, and readable
-    return {"images": "classifier.model.smoke_batch()", "labels": list(labels),
-            "probabilities": probabilities.tolist()}
-
-
-def write_manifest(onnx_path: str | Path, model: LoadedModel) -> Path:
-    """Describe ``onnx_path``, exported from ``model`` (loaded with torch), with the evidence workers check.
-
-    Raises ``OnnxCopyUnavailable`` when the copy does not give the model's answers.
-    """
-    onnx_path, model_path = Path(onnx_path), Path(model.path)
-    expected = TorchScriptEngine(model)(smoke_batch())
-    got = OnnxRuntimeEngine(onnx_path, threads=1)(smoke_batch())
-    difference = float(np.abs(softmax(got) - softmax(expected)).max())
-    if not difference <= AGREEMENT_TOLERANCE:
-        raise OnnxCopyUnavailable(f"{onnx_path} disagrees with {model_path} on the smoke batch "
-                                  f"(max |Δp| {difference:.1e}).")
-    manifest = {
-        "format": "onnx",
-        "file": onnx_path.name,
-        "sha256": file_sha256(onnx_path),
-        "bytes": onnx_path.stat().st_size,
-        "name": model.meta.get("name", ""),
-        "version": model.meta.get("version", ""),
-        "labels": list(model.labels),
-        "input": {
-            "name": "pixels",
-            "shape": ["batch", 3, 224, 224],
-            "description": "RGB in [0, 1], resized to 224x224 as the server does (Pillow bilinear, no crop)",
-        },
-        "output": {"name": "logits", "shape": ["batch", len(model.labels)]},
-        "source": {"file": model_path.name, "sha256": file_sha256(model_path)},
-        "evidence": {
-            SMOKE_ANSWERS: smoke_answers(model.labels, expected),
-            "max_difference": float(f"{difference:.2e}"),
-            "tolerance": AGREEMENT_TOLERANCE,
-            "versions": installed_versions("torch", "onnxruntime"),
-        },
-    }
-    path = manifest_path(onnx_path)
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
-
-
 def manifest_path(onnx_path: str | Path) -> Path:
     return Path(f"{onnx_path}{MANIFEST_SUFFIX}")
 
@@ -246,17 +201,6 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def installed_versions(*packages: str) -> dict[str, str]:
-    """Each package's installed version, read from its metadata (nothing is imported); "" if absent."""
-    found = {}
-    for package in packages:
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = ""
-    return found
 
 
 def _stamp(path: Path) -> tuple[str, int, int]:

@@ -74,7 +74,7 @@ def colour_network():
 
 def export_tiny_model(path: Path, version: str = "0.0.1", labels=TINY_LABELS) -> Path:
     """The colour model as a model file; ``labels`` of another length breaks the contract."""
-    from classifier.export import export_model
+    from training.export import export_model
 
     meta = {"name": "tiny-colours", "version": version, "dataset": "synthetic"}
     return export_model(colour_network(), labels, meta, path, mean=(0, 0, 0), std=(1, 1, 1))

@@ -12,7 +12,7 @@ import torch
 
 from app import create_app
 from classifier.onnx_copy import file_sha256, manifest_path
-from classifier.export import export_model
+from training.export import export_model
 from classifier.model import SMOKE_ANSWERS, read_meta
 from training.onnx_variants import export_onnx
 

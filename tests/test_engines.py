@@ -21,7 +21,7 @@ import pytest
 from app import create_app
 from classifier import onnx_copy
 from classifier.errors import ModelContractError, OnnxCopyUnavailable
-from classifier.export import export_model
+from training.export import export_model
 from classifier.onnx_copy import file_sha256, manifest_path
 from classifier.pipeline import Classifier
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from classifier.errors import ModelContractError
-from classifier.export import export_model
+from training.export import export_model
 from classifier.model import SMOKE_ANSWERS, load_model, smoke_batch
 
 from testing.samples import TINY_LABELS, colour_network

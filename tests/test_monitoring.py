@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 
 from app import create_app
 from classifier.drift import REFERENCE_KEY
-from classifier.export import export_model
+from training.export import export_model
 from web import db, record_writer, recording
 
 from testing.load import send, wait_until

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from app import create_app
-from classifier.onnx_copy import (AGREEMENT_TOLERANCE, file_sha256, manifest_path, matching_onnx_copy,
-                                  write_manifest)
+from classifier.onnx_copy import AGREEMENT_TOLERANCE, file_sha256, manifest_path, matching_onnx_copy
 from classifier.errors import OnnxCopyUnavailable
 from classifier.model import SMOKE_ANSWERS, load_model, smoke_batch
+from training.onnx_variants import write_manifest
 
 from testing.samples import TINY_LABELS
 
