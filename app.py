@@ -11,14 +11,13 @@ from flask import Flask
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from web import access_log, api_spec, metrics, monitoring, request_memory, served_model
-from web.api import api
+from web import api_spec, monitoring, served_model, telemetry
+from web.api import InMemoryUploadRequest, api
 from web.cli import register_commands
 from web.device import device
 from web.errors import register_error_handlers
 from web.pages import pages
 from web.settings import BY_NAME, MEGABYTE, read_runtime, read_settings
-from web.uploads import InMemoryUploadRequest
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -33,17 +32,15 @@ def create_app(config: dict | None = None) -> Flask:
     # What is not a setting: Flask's own keys (TESTING, MAX_CONTENT_LENGTH in bytes), LOAD_MODEL.
     app.config.from_mapping({key: value for key, value in config.items() if key not in BY_NAME})
 
-    # Request id and metrics first, so that their hooks see every request.
-    access_log.init_app(app)
-    metrics.init_app(app)
-    request_memory.init_app(app)
+    # The request id, access line and metrics first, so that their hooks see every request.
+    telemetry.init_app(app)
     # Read as the front reads it (web/settings.py), so that nginx's own answers and the app's allow the same origins.
     origins = app.config["CORS_ORIGINS"]
-    CORS(app, origins="*" if origins == ("*",) else list(origins), expose_headers=[access_log.REQUEST_ID_HEADER])
+    CORS(app, origins="*" if origins == ("*",) else list(origins), expose_headers=[telemetry.REQUEST_ID_HEADER])
     monitoring.init_app(app)
     register_commands(app)
     served_model.init_app(app)
     # The routes, after the model: the OpenAPI document lists its classes (web/api_spec.py).
-    api_spec.init_app(app, [api, pages, device, monitoring.monitoring, metrics.metrics])
+    api_spec.init_app(app, [api, pages, device, monitoring.monitoring, telemetry.metrics])
     register_error_handlers(app)  # after flask-smorest's, which it replaces
     return app

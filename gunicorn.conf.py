@@ -3,7 +3,7 @@
 The model is loaded in each worker after it forks (no preload_app): torch's thread pools
 do not survive fork, and a preloaded torch can hang the workers. Two hooks: the front's
 ready file, and the metrics of a worker that exits. A worker that stops leaves through
-sys.exit, so the app's own atexit handlers run (web/record_writer.py writes its queue).
+sys.exit, so the app's own atexit handlers run (web/records.py writes its queue).
 """
 
 from front import ready
@@ -41,7 +41,7 @@ logconfig_dict = {
     "root": {"level": loglevel.upper(), "handlers": ["console"]},
     "loggers": {
         "gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
-        # The access log is the app's: JSON lines with the request id (web/access_log.py).
+        # The access log is the app's: JSON lines with the request id (web/telemetry.py).
         # gunicorn's own plain line would only repeat it, so its level keeps it quiet.
         "gunicorn.access": {"level": "WARNING", "handlers": ["console"], "propagate": False},
         "web.access": {"level": "INFO", "handlers": ["json"], "propagate": False},
@@ -52,7 +52,7 @@ logconfig_dict = {
     },
     "formatters": {
         "plain": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},
-        "json": {"()": "web.json_logs.JsonFormatter"},
+        "json": {"()": "web.telemetry.JsonFormatter"},
     },
 }
 

@@ -1,17 +1,24 @@
 """The JSON API: POST /predict, POST /predict/batch, GET /health, GET /model.
 
 Each route declares what it takes, answers and refuses (web/api_spec.py makes the OpenAPI
-document from that). Views only read, call, reply.
+document from that). Views only read, call, reply. Here too is how the prediction routes
+read an upload (in memory), the API key they need when API_KEY is set (``api_key_required``,
+which /feedback shares), and the memory a large request gives back once it is answered.
 """
 
 from __future__ import annotations
 
-from flask import current_app, jsonify, request
+import hmac
+import io
+from functools import wraps
+
+from flask import Request, Response, current_app, jsonify, request
 from flask_smorest.fields import Upload
 from marshmallow import fields, validate
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from classifier.engines import OnnxRuntimeEngine, TorchScriptEngine
+from classifier import memory
 from classifier.errors import (
     EmptyInput,
     InputError,
@@ -23,14 +30,16 @@ from classifier.errors import (
 from classifier.pipeline import Prediction
 
 from .api_spec import Blueprint, Label, Schema, Setting, TopK
-from .auth import api_key_required
-from .errors import error_body
-from .recording import record_predictions
+from .errors import ApiError, error_body
+from .records import record_predictions
 from .served_model import get_classifier, loaded_classifier
 
 api = Blueprint("api", __name__, description="Classify images, and the served model")
 
 _RAW_BODY_TYPES = ("image/", "application/octet-stream")
+# Bodies at least this large leave enough freed heap behind to be worth giving back: the data
+# set's small JPEGs are far below it, a phone's photo above it (docs/memory.md, "How it works").
+LARGE_BODY_BYTES = 256 * 1024
 # What the prediction routes may answer besides their result (web/errors.py's codes).
 _PREDICTION_ERRORS = (
     "missing_file", "empty_file", "not_an_image", "invalid_parameter", "incomplete_body", "unauthorized",
@@ -38,6 +47,46 @@ _PREDICTION_ERRORS = (
     "model_not_ready",
 )
 _ENGINES = [TorchScriptEngine.name, OnnxRuntimeEngine.name]
+
+
+def api_key_required(view):
+    """Answer 401 unless the request carries API_KEY (when one is configured)."""
+
+    @wraps(view)
+    def guarded(*args, **kwargs):
+        expected = current_app.config.get("API_KEY") or ""
+        if expected and not _all_match(presented_keys(), expected):
+            raise ApiError("unauthorized", headers={"WWW-Authenticate": 'Bearer realm="predict"'})
+        return view(*args, **kwargs)
+
+    return guarded
+
+
+def presented_keys() -> list[str]:
+    """Every credential the request carries: ``Authorization: Bearer <key>``, ``X-API-Key``.
+
+    An Authorization header of another scheme counts as a wrong key, not as no key.
+    """
+    keys = []
+    if "Authorization" in request.headers:
+        scheme, _, credentials = request.headers["Authorization"].partition(" ")
+        keys.append(credentials.strip() if scheme.lower() == "bearer" else "")
+    if "X-API-Key" in request.headers:
+        keys.append(request.headers["X-API-Key"].strip())
+    return keys
+
+
+def _all_match(presented: list[str], expected: str) -> bool:
+    # A wrong key is never overlooked because a right one came along in the other header.
+    return bool(presented) and all(_matches(key, expected) for key in presented)
+
+
+def _matches(presented: str, expected: str) -> bool:
+    # compare_digest takes as long whatever the first differing byte: no timing oracle.
+    # Header values reach WSGI as latin-1 text; encoding them back gives the bytes sent.
+    return hmac.compare_digest(
+        presented.encode("latin-1", "replace"), expected.encode("latin-1", "replace")
+    )
 
 
 class TopQuery(Schema):
@@ -245,3 +294,27 @@ def batch_item_json(result: Prediction | InputError) -> dict:
     if isinstance(result, InputError):
         return error_body(result.code, result.message)
     return result.to_json()
+
+
+class InMemoryUploadRequest(Request):
+    """Uploaded files kept in memory while Flask parses the form (app.py makes it the app's).
+
+    Werkzeug spools file parts over 500 KB to a temporary file on disk, and the view reads
+    them back whole anyway (the decoder needs the bytes); MAX_UPLOAD_MB bounds the memory.
+    """
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return io.BytesIO()
+
+
+@api.after_request
+def give_memory_back(response: Response) -> Response:
+    """After a phone photo or a batch, return the freed heap to the system once the answer is sent.
+
+    glibc keeps freed memory for reuse, and summed over the workers that decides which dyno the
+    server fits (docs/memory.md); trimming makes the next request fault its buffers back in,
+    so only large requests pay for it, at the response's close (after its last byte).
+    """
+    if (request.content_length or 0) >= LARGE_BODY_BYTES or request.path == "/predict/batch":
+        response.call_on_close(memory.trim_heap)
+    return response

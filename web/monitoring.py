@@ -27,12 +27,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from classifier.drift import REFERENCE_KEY, drift_score, reference_distribution
 from classifier.errors import InvalidParameter
 
-from . import db, metrics, recording
-from .access_log import REQUEST_ID_PATTERN
-from .api import query_value
+from . import db, records, telemetry
+from .api import api_key_required, query_value
 from .api_spec import Blueprint, Label, Schema, Setting
-from .auth import api_key_required
 from .errors import ApiError
+from .telemetry import REQUEST_ID_PATTERN
 from .served_model import get_classifier, loaded_classifier
 from .settings import DURATION_PATTERN, MAX_DURATION_S, parse_duration
 
@@ -151,7 +150,7 @@ def record_feedback(request_id: str, item: int, label: str) -> dict:
     if label not in get_classifier().labels:
         raise ApiError("unknown_label", f"The model has no class {label!r}. GET /model lists its classes.")
     try:
-        recording.flush()  # this worker's queued records: a prediction it answered just now
+        records.flush()  # this worker's queued records: a prediction it answered just now
         outcome = db.run(lambda connection: give_feedback(connection, request_id, item, label))
         if outcome is None:
             # Another worker may hold the record in its queue: it writes it within a flush
@@ -214,7 +213,7 @@ def report(window: str) -> dict:
         seconds = parse_duration(window)
     except ValueError as error:
         raise InvalidParameter(f"'window': {error}") from None
-    recording.flush()
+    records.flush()
     try:
         return db.run(lambda connection: window_report(connection, classifier, seconds))
     except SQLAlchemyError as error:
@@ -278,7 +277,7 @@ def _iso(moment) -> str:
 
 
 def scrape_figures() -> bytes:
-    """The window's figures for /metrics, in Prometheus text format (web/metrics.py adds them)."""
+    """The window's figures for /metrics, in Prometheus text format (web/telemetry.py adds them)."""
     classifier = loaded_classifier()
     if classifier is None:  # no served model yet, so no figures for it
         return b""
@@ -342,7 +341,7 @@ def export_feedback_command(directory: str) -> None:
     Only predictions recorded with KEEP_IMAGES on have images. Running it again rewrites
     the same files.
     """
-    recording.flush()
+    records.flush()
     try:
         written, skipped = db.run(lambda connection: export_feedback(connection, Path(directory)))
     except SQLAlchemyError as error:
@@ -381,9 +380,9 @@ def file_stem(request_id: str, item: int) -> str:
 def init_app(app: Flask) -> None:
     """Recording and monitoring: the database, /metrics figures, the command (app.py registers the routes)."""
     db.init_app(app)
-    recording.init_app(app)
+    records.init_app(app)
     # Queued records first, so that this scrape counts them (written or lost).
-    app.extensions.setdefault(metrics.SCRAPE_PREPARE, []).append(recording.flush)
-    app.extensions.setdefault(metrics.SCRAPE_EXTRAS, []).append(scrape_figures)
+    app.extensions.setdefault(telemetry.SCRAPE_PREPARE, []).append(records.flush)
+    app.extensions.setdefault(telemetry.SCRAPE_EXTRAS, []).append(scrape_figures)
     app.cli.add_command(export_feedback_command)
 
