@@ -5,7 +5,7 @@
 1. Images per forward pass for a 16-image batch (``Classifier.predict`` on as many images at
    a time): the peak RSS over the worker's idle RSS (VmHWM, read from /proc) and the time per
    image. Each size runs in a fresh process, as a worker, on ONNX Runtime with one thread.
-2. glibc's mmap threshold (``classifier.memory``) left to glibc, or fixed at 4 or 16 MB
+2. glibc's mmap threshold (``classifier.engines``) left to glibc, or fixed at 4 or 16 MB
    before or after the ONNX Runtime session is built (the service: 16 MB, after): CPU time
    and page faults per request (decode, resize, forward, top-k), and the RSS they leave.
 """
@@ -45,7 +45,7 @@ print(json.dumps({"peak_over_idle_mb": status("VmHWM") - idle,
 THRESHOLD = """
 import json, resource, sys, time
 from pathlib import Path
-from classifier import memory
+from classifier import engines as memory
 from classifier.pipeline import Classifier
 when, limit, files = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 def rss():

@@ -40,14 +40,13 @@ class LoadedModel:
     meta: dict = field(default_factory=dict)
     path: str = ""
     load_seconds: float = 0.0
+    # From meta.json, read once: every answer and record names them.
+    name: str = field(init=False)
+    version: str = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return str(self.meta.get("name", Path(self.path).stem or "model"))
-
-    @property
-    def version(self) -> str:
-        return str(self.meta.get("version", "unknown"))
+    def __post_init__(self):
+        object.__setattr__(self, "name", str(self.meta.get("name", Path(self.path).stem or "model")))
+        object.__setattr__(self, "version", str(self.meta.get("version", "unknown")))
 
     def describe(self) -> dict:
         """Metadata for people and for /model: the file's meta.json plus what was checked."""

@@ -40,8 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import memory
-from .engines import OnnxRuntimeEngine, TorchScriptEngine, softmax
+from .engines import OnnxRuntimeEngine, TorchScriptEngine, softmax, trim_heap
 from .errors import ModelContractError, OnnxCopyUnavailable
 from .model import SMOKE_ANSWERS, LoadedModel, load_model, read_meta, smoke_batch
 
@@ -128,7 +127,7 @@ def serve_onnx_copy(model_path, onnx_path, threads: int) -> EngineChoice:
     difference = _smoke_difference(engine, reference, onnx_path, source)
     for _ in range(2):  # the first ONNX Runtime calls are slow; requests mostly run one image
         engine(smoke_batch(1))
-    memory.trim_heap()  # what hashing, loading and the first calls freed
+    trim_heap()  # what hashing, loading and the first calls freed
     model = LoadedModel(module=None, labels=tuple(manifest["labels"]), meta=meta, path=str(model_path),
                         load_seconds=time.perf_counter() - started)
     reason = (f"{onnx_path.name} answers as {model_path.name} does: max |Δp| {difference:.1e} "

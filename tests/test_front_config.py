@@ -369,7 +369,7 @@ def test_behind_the_front_the_app_logs_the_client_nginx_names(monkeypatch):
 
 def test_the_heap_is_trimmed_after_a_large_request_once_its_answer_is_sent(monkeypatch):
     trims = []
-    monkeypatch.setattr(prediction_api.memory, "trim_heap", lambda: trims.append(1))
+    monkeypatch.setattr(prediction_api, "trim_heap", lambda: trims.append(1))
     client = create_app({"TESTING": True, "LOAD_MODEL": False}).test_client()
     small = client.post("/predict", data=b"x" * 1000, content_type="image/jpeg")
     small.close()

@@ -17,8 +17,7 @@ from flask_smorest.fields import Upload
 from marshmallow import fields, validate
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from classifier.engines import OnnxRuntimeEngine, TorchScriptEngine
-from classifier import memory
+from classifier.engines import OnnxRuntimeEngine, TorchScriptEngine, trim_heap
 from classifier.errors import (
     EmptyInput,
     InputError,
@@ -316,5 +315,5 @@ def give_memory_back(response: Response) -> Response:
     so only large requests pay for it, at the response's close (after its last byte).
     """
     if (request.content_length or 0) >= LARGE_BODY_BYTES or request.path == "/predict/batch":
-        response.call_on_close(memory.trim_heap)
+        response.call_on_close(trim_heap)
     return response
