@@ -60,7 +60,7 @@ def test_feedback_from_the_page_is_recorded_and_survives_a_restart(open_page, da
         page.get_by_label(CHOOSE).set_input_files(beach)
         expect(page.get_by_role("status")).to_have_text(re.compile(r"^beach00\.jpg: "))
         predicted = page.locator("#scores li").first.get_attribute("data-label")
-        right = next(label for label in get_json(f"{url}/model")["labels"] if label != predicted)  # any other class
+        right = next(label for label in get_json(f"{url}/model")["labels"] if label != predicted)
 
         # By keyboard: from the file chooser, past the switch and the class list, to the question.
         choice = page.get_by_role("combobox", name=QUESTION)

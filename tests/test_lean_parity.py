@@ -69,9 +69,10 @@ def test_predict_batch_gives_the_same_answers_as_predict(clients, dataset_images
         return {"file": [(io.BytesIO(image.read_bytes()), image.name) for image in images]}
 
     top = min(3, len(clients[0].get("/model").get_json()["labels"]))  # whatever the shipped model's classes
-    lean, torchscript = (client.post(f"/predict/batch?top={top}", data=form(), content_type="multipart/form-data").get_json()
-                         for client in clients)
+    lean, torchscript = (client.post(f"/predict/batch?top={top}", data=form(),
+                                     content_type="multipart/form-data").get_json() for client in clients)
     for image, a, b in zip(images, lean["results"], torchscript["results"], strict=True):
         assert_same_answer(a, b, image.name)
-        single = clients[0].post(f"/predict?top={top}", data={"file": (io.BytesIO(image.read_bytes()), image.name)}).get_json()
+        single = clients[0].post(f"/predict?top={top}",
+                                 data={"file": (io.BytesIO(image.read_bytes()), image.name)}).get_json()
         assert_same_answer(a, single, image.name)

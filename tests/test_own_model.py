@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slow
 CLASSES = ("amber", "cobalt", "jade", "scarlet")
 # The tests that read the shipped model: its contract, its variants, a server and the lean
 # path serving it, its int8 copy.
-SHIPPED_MODEL_TESTS = ("tests/test_shipped_model.py", "tests/test_shipped_variants.py", "tests/test_server.py",
-                       "tests/test_lean_parity.py", "tests/test_variants.py")
+SHIPPED_MODEL_TESTS = ("tests/test_shipped_model.py", "tests/test_shipped_variants.py",
+                       "tests/test_server.py", "tests/test_lean_parity.py", "tests/test_variants.py")
 
 
 def copy_of_the_repository(target: Path) -> Path:
@@ -42,8 +42,9 @@ def copy_of_the_repository(target: Path) -> Path:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)  # with its mode: bin/start-nginx runs
-    git = ["git", "-c", "user.name=own model test", "-c", "user.email=own-model@localhost", "-c", "commit.gpgsign=false"]
-    for command in (["init", "--quiet"], ["add", "--all"], ["commit", "--quiet", "-m", "the repository, cloned"]):
+    git = ["git", "-c", "user.name=own model test", "-c", "user.email=own-model@localhost",
+           "-c", "commit.gpgsign=false"]
+    for command in (["init", "--quiet"], ["add", "--all"], ["commit", "--quiet", "-m", "the repository"]):
         subprocess.run([*git, *command], cwd=target, capture_output=True, check=True)
     return target
 
@@ -72,14 +73,15 @@ def test_the_notebook_makes_the_repositorys_model_and_variants_the_users(own_rep
     assert model.labels == CLASSES
     assert model.meta["classes"] == len(CLASSES) and model.meta["dataset"].startswith("my-photos: ")
     assert (own_repository / "model.zip").read_bytes() != (ROOT / "model.zip").read_bytes()
-    assert matching_onnx_copy(own_repository / "model.onnx", own_repository / "model.zip")  # the browser's copy
+    assert matching_onnx_copy(own_repository / "model.onnx", own_repository / "model.zip")  # the page's copy
     assert load_model(own_repository / "model-int8.zip").labels == CLASSES
     table = (own_repository / "docs" / "model-variants.md").read_text()
     assert "my-photos validation split" in table
 
 
 def test_check_model_accepts_it(own_repository):
-    result = run([sys.executable, "-m", "flask", "--app", "app", "check-model", "model.zip"], cwd=own_repository, timeout=300)
+    result = run([sys.executable, "-m", "flask", "--app", "app", "check-model", "model.zip"],
+                 cwd=own_repository, timeout=300)
     assert re.search(rf"^ok: model\.zip is .*, {len(CLASSES)} classes; smoke image -> ({'|'.join(CLASSES)}) ",
                      result.stdout, re.M), result.stdout
 
@@ -89,4 +91,5 @@ def test_the_shipped_model_tests_pass_on_it(own_repository):
     result = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SHIPPED_MODEL_TESTS],
                  cwd=own_repository, timeout=900)
     summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b\d+ passed\b", summary) and not re.search(r"failed|error|skipped|deselected", summary), summary
+    assert re.search(r"\b\d+ passed\b", summary), summary
+    assert not re.search(r"failed|error|skipped|deselected", summary), summary
