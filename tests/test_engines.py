@@ -249,5 +249,5 @@ def test_the_shipped_model_is_served_by_onnx_runtime_with_torchscripts_answers(d
     assert served.engine.name == "onnxruntime"
     data = dataset_jpeg.read_bytes()
     got, expected = served.classify(data, top_k=16), reference.classify(data, top_k=16)
-    assert got.top[0][0] == expected.top[0][0] == "airplane"
+    assert got.top[0][0] == expected.top[0][0]  # whatever the shipped model's classes
     assert max(abs(dict(got.top)[k] - v) for k, v in expected.top) < 1e-4
