@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hmac
 import io
-from functools import wraps
+import logging
+import time
+from functools import partial, wraps
+from urllib.parse import quote
 
-from flask import Request, Response, current_app, jsonify, request
+from flask import Request, Response, after_this_request, current_app, g, jsonify, request
 from flask_smorest.fields import Upload
 from marshmallow import fields, validate
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -31,7 +34,8 @@ from classifier.pipeline import Prediction
 from .api_spec import Blueprint, Label, Schema, Setting, TopK
 from .errors import ApiError, error_body
 from .records import record_predictions
-from .served_model import get_classifier, loaded_classifier
+from .served_model import get_classifier, loaded_classifier, models_for_request
+from .telemetry import request_id
 
 api = Blueprint("api", __name__, description="Classify images, and the served model")
 
@@ -46,6 +50,12 @@ _PREDICTION_ERRORS = (
     "model_not_ready",
 )
 _ENGINES = [TorchScriptEngine.name, OnnxRuntimeEngine.name]
+MODEL_VERSION_HEADER = "X-Model-Version"
+_ANSWER_HEADERS = {MODEL_VERSION_HEADER: {
+    "description": "The model that gave this answer: its name and version, as name/version.",
+    "schema": {"type": "string"}}}
+
+log = logging.getLogger(__name__)
 
 
 def api_key_required(view):
@@ -155,7 +165,7 @@ class ModelInfo(Schema):
 
 @api.post("/predict")
 @api.doc(parameters=[{"in": "query", "schema": TopQuery}], requestBody=IMAGE_BODY)
-@api.response(200, PredictionResult)
+@api.response(200, PredictionResult, headers=_ANSWER_HEADERS)
 @api.errors(*_PREDICTION_ERRORS)
 @api_key_required
 def predict():
@@ -170,7 +180,7 @@ def predict():
 
 @api.post("/predict/batch")
 @api.doc(parameters=[{"in": "query", "schema": TopQuery}], requestBody=BATCH_BODY)
-@api.response(200, BatchResults, description="One result per file, in order.")
+@api.response(200, BatchResults, description="One result per file, in order.", headers=_ANSWER_HEADERS)
 @api.errors(*_PREDICTION_ERRORS, "too_many_files")
 @api_key_required
 def predict_batch():
@@ -202,16 +212,46 @@ def model_info():
 
 
 def classify(uploads: list[bytes], top: str | None, one: bool = False) -> list[Prediction | InputError]:
-    """Classify ``uploads`` with the served model and record the predictions.
+    """Classify ``uploads`` with the model that answers this request and record the predictions.
 
-    An image that cannot be classified gets its error in its place, or, with ``one``, raises it.
+    That is the served model, or the candidate on its share in canary mode; in shadow mode the
+    candidate classifies its share too once the answer is sent (``models_for_request``). The
+    answer names its model (X-Model-Version). An image that cannot be classified gets its
+    error in its place, or, with ``one``, raises it.
     """
-    classifier = get_classifier()
+    classifier, shadow = models_for_request()
     top_k = classifier.parse_top_k(top)
     images = [classifier.prepare(upload) for upload in uploads] if one else classifier.prepare_many(uploads)
+    started = time.perf_counter()
     results = classifier.classify_prepared(images, top_k=top_k)
-    record_predictions(classifier, images, results)
+    record_predictions(classifier, images, results, time.perf_counter() - started)
+    after_this_request(partial(_name_the_model, classifier.model))
+    if shadow is not None:
+        after_this_request(partial(_shadow_after_the_answer, shadow, images, min(top_k, len(shadow.labels))))
     return results
+
+
+def _name_the_model(model, response: Response) -> Response:
+    response.headers[MODEL_VERSION_HEADER] = f"{quote(model.name, safe='')}/{quote(model.version, safe='')}"
+    return response
+
+
+def _shadow_after_the_answer(candidate, images, top_k: int, response: Response) -> Response:
+    """The candidate classifies the request's images once its answer has been sent (at the response's close)."""
+    app, rid = current_app._get_current_object(), request_id()
+
+    def shadow():
+        with app.app_context():
+            g.request_id = rid  # the answer's, so that feedback on it scores both models
+            try:
+                started = time.perf_counter()
+                results = candidate.classify_prepared(images, top_k=top_k)
+                record_predictions(candidate, images, results, time.perf_counter() - started, shadow=True)
+            except Exception:  # the client has its answer: log it, keep the worker
+                log.exception("the candidate could not shadow request %s", rid)
+
+    response.call_on_close(shadow)
+    return response
 
 
 def health_report() -> tuple[dict, int]:

@@ -23,7 +23,7 @@ from classifier.errors import InvalidParameter
 from classifier.pipeline import DEFAULT_TOP_K
 
 from .errors import ERRORS, message
-from .served_model import EXTENSION_KEY
+from .served_model import CANDIDATE_KEY, EXTENSION_KEY
 
 TITLE = "Image classification API"
 API_VERSION = "1.0.0"
@@ -127,8 +127,9 @@ class ThisServer(BasePlugin):
         config = self.app.config
         values = {key: config[value] for key, value in field.metadata.items() if isinstance(value, Setting)}
         classifier = self.app.extensions.get(EXTENSION_KEY)
-        if classifier is not None and isinstance(field, Label):
-            values["enum"] = list(classifier.labels)
+        if classifier is not None and isinstance(field, Label):  # and a candidate's new ones
+            candidate = self.app.extensions.get(CANDIDATE_KEY)
+            values["enum"] = list(dict.fromkeys(classifier.labels + (candidate.labels if candidate else ())))
         if classifier is not None and isinstance(field, TopK):
             values.update(maximum=len(classifier.labels), default=min(DEFAULT_TOP_K, len(classifier.labels)))
         return values

@@ -22,6 +22,7 @@ from typing import Callable
 from flask import Flask, current_app, g
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     Engine,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     insert,
     select,
@@ -70,9 +72,12 @@ predictions = Table(
     Column("feedback_label", String(200), nullable=True),
     Column("feedback_at", DateTime, nullable=True),
     Column("feedback_count", Integer, nullable=False, default=0),
+    # A candidate's answer that the client never saw (CANDIDATE_MODE=shadow), beside the answer.
+    Column("shadow", Boolean, nullable=False, default=False, server_default=false()),
+    Column("latency_ms", Float, nullable=True),  # the model's time for this image
     # The 224x224 PNG the model saw, only with KEEP_IMAGES; last, so scans skip it.
     Column("image", LargeBinary, nullable=True),
-    UniqueConstraint("request_id", "item", name="predictions_request_item"),
+    UniqueConstraint("request_id", "item", "shadow", name="predictions_request_item"),
     Index("predictions_model_time", "model_name", "model_version", "created_at"),
     Index("predictions_created_at", "created_at"),
 )
@@ -85,11 +90,36 @@ schema_version = Table(
     Column("applied_at", DateTime, nullable=False),
 )
 
+
+
+def _shadow_answers(connection: Connection) -> None:
+    """Version 3: a candidate's shadow answer beside each answer (one of each per image), and each model's time."""
+    connection.execute(text("ALTER TABLE predictions ADD COLUMN shadow BOOLEAN DEFAULT false NOT NULL"))
+    connection.execute(text("ALTER TABLE predictions ADD COLUMN latency_ms FLOAT"))
+    key, widened = "UNIQUE (request_id, item)", "UNIQUE (request_id, item, shadow)"
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(f"ALTER TABLE predictions DROP CONSTRAINT predictions_request_item, "
+                                f"ADD CONSTRAINT predictions_request_item {widened}"))
+        return
+    # SQLite cannot change a constraint: the table is made again with it (sqlite.org/lang_altertable.html).
+    table = connection.execute(text("SELECT sql FROM sqlite_master WHERE name = 'predictions'")).scalar()
+    indexes = connection.execute(text("SELECT sql FROM sqlite_master WHERE type = 'index' "
+                                      "AND tbl_name = 'predictions' AND sql IS NOT NULL")).scalars().all()
+    if key not in table:
+        raise RuntimeError(f"The monitoring database's predictions table is not one this code made: {table}")
+    connection.execute(text(table.replace(key, widened).replace("predictions", "predictions_new", 1)))
+    connection.execute(text("INSERT INTO predictions_new SELECT * FROM predictions"))
+    connection.execute(text("DROP TABLE predictions"))
+    connection.execute(text("ALTER TABLE predictions_new RENAME TO predictions"))
+    for index in indexes:
+        connection.execute(text(index))
+
+
 # Steps from one version to the next, applied in order at start; version 1 is what
 # `metadata.create_all` makes. A new column is a new entry here, e.g.
 # 2: lambda connection: connection.execute(text("ALTER TABLE predictions ADD COLUMN ...")).
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
-SCHEMA_VERSION = 1 + len(MIGRATIONS)
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {3: _shadow_answers}
+SCHEMA_VERSION = max(MIGRATIONS, default=1)
 # Two gunicorn workers start together; on PostgreSQL this lock lets one set up the schema.
 _PG_SCHEMA_LOCK = 0x6D6F6E69  # "moni"
 
@@ -199,7 +229,7 @@ def _set_up_schema(connection: Connection) -> None:
             f"The monitoring database has schema version {current}, newer than this code's "
             f"{SCHEMA_VERSION}: deploy the newer code, or point DATABASE_URL elsewhere."
         )
-    for version in range(current + 1, SCHEMA_VERSION + 1):
+    for version in sorted(version for version in MIGRATIONS if version > current):
         MIGRATIONS[version](connection)
         connection.execute(insert(schema_version).values(version=version, applied_at=utcnow()))
         log.info("monitoring database migrated to schema version %d", version)

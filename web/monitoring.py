@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import time
 from datetime import timedelta
@@ -21,18 +22,19 @@ from flask.cli import with_appcontext
 from marshmallow import fields, validate
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import and_, case, exists, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from classifier.drift import REFERENCE_KEY, drift_score, reference_distribution
 from classifier.errors import InvalidParameter
+from classifier.verdict import KEEP, PROMOTE, WAIT, paired_verdict, unpaired_verdict
 
 from . import db, records, telemetry
 from .api import api_key_required, query_value
 from .api_spec import Blueprint, Label, Schema, Setting
 from .errors import ApiError
 from .telemetry import REQUEST_ID_PATTERN
-from .served_model import get_classifier, loaded_classifier
+from .served_model import get_classifier, loaded_candidate, loaded_classifier
 from .settings import DURATION_PATTERN, MAX_DURATION_S, parse_duration
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,38 @@ class Drift(Schema):
     reason = fields.String(required=True, allow_none=True)
 
 
+class Latency(Schema):
+    p50 = fields.Float(required=True, allow_none=True, validate=validate.Range(min=0))
+    p95 = fields.Float(required=True, allow_none=True, validate=validate.Range(min=0))
+
+
+class ModelFigures(ModelName):
+    predictions = fields.Integer(**_COUNT)
+    feedback = fields.Nested(FeedbackFigures, required=True)
+    low_confidence_share = fields.Float(**_SHARE)
+    latency_ms = fields.Nested(Latency, required=True, metadata={"description": "The model's time per image."})
+
+
+class Verdict(Schema):
+    decision = fields.String(required=True, validate=validate.OneOf([PROMOTE, KEEP, WAIT]))
+    reason = fields.String(required=True)
+    rule = fields.String(required=True)
+    p_value = fields.Float(**_SHARE)
+
+
+class CandidateReport(Schema):
+    model = fields.Nested(ModelName, required=True)
+    mode = fields.String(required=True, validate=validate.OneOf(["shadow", "canary"]))
+    share = fields.Float(required=True, validate=validate.Range(0, 1))
+    compared = fields.Integer(**_COUNT, metadata={"description": "Images both models classified."})
+    agreement = fields.Float(**_SHARE, metadata={"description": "Share of those with the same top-1 label."})
+    models = fields.Dict(keys=fields.String(validate=validate.OneOf(["served", "candidate"])),
+                         values=fields.Nested(ModelFigures), required=True, metadata={"description": (
+                             "Each model's figures: on the images both classified (shadow), or on its own "
+                             "answers since the candidate's first (canary).")})
+    verdict = fields.Nested(Verdict, required=True)
+
+
 class Report(Schema):
     model = fields.Nested(ModelName, required=True)
     window = fields.Nested(Window, required=True)
@@ -127,6 +161,8 @@ class Report(Schema):
     feedback = fields.Nested(FeedbackFigures, required=True)
     low_confidence = fields.Nested(LowConfidence, required=True)
     drift = fields.Nested(Drift, required=True)
+    candidate = fields.Nested(CandidateReport, required=True, allow_none=True,
+                              metadata={"description": "The candidate model against the served one; null without one."})
 
 
 @monitoring.post("/feedback")
@@ -147,7 +183,8 @@ def feedback(body: dict):
 
 def record_feedback(request_id: str, item: int, label: str) -> dict:
     """Store ``label`` as the right class of the prediction ``request_id`` (its ``item``)."""
-    if label not in get_classifier().labels:
+    candidate = loaded_candidate()
+    if label not in get_classifier().labels and (candidate is None or label not in candidate.labels):
         raise ApiError("unknown_label", f"The model has no class {label!r}. GET /model lists its classes.")
     try:
         records.flush()  # this worker's queued records: a prediction it answered just now
@@ -175,11 +212,13 @@ def give_feedback(connection, request_id: str, item: int, label: str) -> dict | 
     """Store ``label`` as the right class of a prediction; None if there is no such prediction.
 
     A later answer for the same prediction replaces the earlier one (people correct
-    themselves); ``feedback_count`` keeps how many answers it had.
+    themselves); ``feedback_count`` keeps how many answers it had. A candidate's shadow answer
+    to the same image gets it too, so that it scores every model that saw the image.
     """
     table = db.predictions
     where = and_(table.c.request_id == request_id, table.c.item == item)
-    row = connection.execute(select(table.c.label, table.c.feedback_label).where(where)).first()
+    # The answer the client saw first, before a shadow's.
+    row = connection.execute(select(table.c.label, table.c.feedback_label).where(where).order_by(table.c.shadow)).first()
     if row is None:
         return None
     connection.execute(
@@ -228,6 +267,34 @@ def window_report(connection, classifier, seconds: int) -> dict:
     until = db.utcnow()
     since = until - timedelta(seconds=seconds)
     threshold = float(config["LOW_CONFIDENCE_THRESHOLD"])
+    figures = model_figures(connection, _of_model(model, since), threshold)
+    by_label, total, low = figures["by_label"], figures["predictions"], figures["low_confidence"]
+    return {
+        "model": {"name": model.name, "version": model.version},
+        "window": {"seconds": seconds, "since": _iso(since), "until": _iso(until)},
+        "predictions": {"total": total, "by_label": by_label},
+        "feedback": figures["feedback"],
+        "low_confidence": {"threshold": threshold, "total": low, "share": low / total if total else None},
+        "drift": _drift(model, classifier.labels, by_label, float(config["DRIFT_THRESHOLD"])),
+        "candidate": candidate_report(connection, model, since, threshold),
+    }
+
+
+def _of_model(model, since, paired_with=None) -> list:
+    """The conditions for ``model``'s predictions since ``since``; with ``paired_with``, only the
+    images that model classified too."""
+    table = db.predictions
+    where = [table.c.model_name == model.name, table.c.model_version == model.version, table.c.created_at >= since]
+    if paired_with is not None:
+        other = table.alias("other")
+        where.append(exists().where(other.c.request_id == table.c.request_id, other.c.item == table.c.item,
+                                    other.c.model_name == paired_with.name,
+                                    other.c.model_version == paired_with.version))
+    return where
+
+
+def model_figures(connection, where: list, threshold: float) -> dict:
+    """The predictions that meet ``where``: by label, low-confidence, feedback, the model's time."""
     table = db.predictions
     rows = connection.execute(
         select(
@@ -236,24 +303,79 @@ def window_report(connection, classifier, seconds: int) -> dict:
             func.sum(case((table.c.score < threshold, 1), else_=0)),
             func.sum(case((table.c.feedback_label.is_not(None), 1), else_=0)),
             func.sum(case((table.c.feedback_label == table.c.label, 1), else_=0)),
+            func.count(table.c.latency_ms),
         )
-        .where(table.c.model_name == model.name, table.c.model_version == model.version,
-               table.c.created_at >= since)
+        .where(*where)
         .group_by(table.c.label)
     ).all()
-    by_label = {label: int(count) for label, count, *_ in sorted(rows)}
-    total = sum(by_label.values())
-    low = sum(int(row[2] or 0) for row in rows)
-    answered = sum(int(row[3] or 0) for row in rows)
-    correct = sum(int(row[4] or 0) for row in rows)
+    answered, correct, timed = (sum(int(row[column] or 0) for row in rows) for column in (3, 4, 5))
     return {
-        "model": {"name": model.name, "version": model.version},
-        "window": {"seconds": seconds, "since": _iso(since), "until": _iso(until)},
-        "predictions": {"total": total, "by_label": by_label},
+        "by_label": {label: int(count) for label, count, *_ in sorted(rows)},
+        "predictions": sum(int(row[1]) for row in rows),
+        "low_confidence": sum(int(row[2] or 0) for row in rows),
         "feedback": {"total": answered, "correct": correct, "accuracy": correct / answered if answered else None},
-        "low_confidence": {"threshold": threshold, "total": low, "share": low / total if total else None},
-        "drift": _drift(model, classifier.labels, by_label, float(config["DRIFT_THRESHOLD"])),
+        "latency_ms": {"p50": _percentile(connection, where, timed, 0.5), "p95": _percentile(connection, where, timed, 0.95)},
     }
+
+
+def _percentile(connection, where: list, count: int, quantile: float) -> float | None:
+    # The nearest rank, with SQL that SQLite and PostgreSQL both run.
+    if not count:
+        return None
+    latency = db.predictions.c.latency_ms
+    return connection.execute(select(latency).where(*where, latency.is_not(None)).order_by(latency)
+                              .offset(math.ceil(quantile * count) - 1).limit(1)).scalar()
+
+
+def candidate_report(connection, served, since, threshold: float) -> dict | None:
+    """The candidate against the served model since ``since``, and the verdict (classifier/verdict.py)."""
+    candidate = loaded_candidate()
+    if candidate is None:
+        return None
+    config, candidate = current_app.config, candidate.model
+    compared, agreed, answered, served_only, candidate_only = _pairs(connection, served, candidate, since)
+    if config["CANDIDATE_MODE"] == "shadow":
+        pairs = {"served": (served, candidate), "candidate": (candidate, served)}
+    else:  # each model's own answers, over the same time: from the candidate's first
+        table = db.predictions
+        first = connection.execute(select(func.min(table.c.created_at)).where(
+            *_of_model(candidate, since), table.c.shadow.is_(False))).scalar()
+        since = max(since, first) if first else since
+        pairs = {"served": (served, None), "candidate": (candidate, None)}
+    models = {}
+    for role, (model, other) in pairs.items():
+        figures = model_figures(connection, _of_model(model, since, other), threshold)
+        models[role] = {"name": model.name, "version": model.version, "predictions": figures["predictions"],
+                        "feedback": figures["feedback"], "latency_ms": figures["latency_ms"],
+                        "low_confidence_share": figures["low_confidence"] / figures["predictions"]
+                        if figures["predictions"] else None}
+    if config["CANDIDATE_MODE"] == "shadow":
+        verdict = paired_verdict(answered, served_only, candidate_only)
+    else:
+        mine, theirs = models["served"]["feedback"], models["candidate"]["feedback"]
+        verdict = unpaired_verdict(mine["correct"], mine["total"], theirs["correct"], theirs["total"])
+    return {"model": {"name": candidate.name, "version": candidate.version}, "mode": config["CANDIDATE_MODE"],
+            "share": config["CANDIDATE_SHARE"], "compared": compared,
+            "agreement": agreed / compared if compared else None, "models": models, "verdict": verdict}
+
+
+def _pairs(connection, served, candidate, since) -> list[int]:
+    """Images both models classified: how many, how many alike, with feedback, right by one model alone."""
+    table = db.predictions
+    mine, theirs = table.alias("mine"), table.alias("theirs")
+    truth = mine.c.feedback_label  # a feedback goes to every model's row of its image
+
+    def count(condition):
+        return func.sum(case((condition, 1), else_=0))
+
+    row = connection.execute(select(
+        func.count(), count(mine.c.label == theirs.c.label), count(truth.is_not(None)),
+        count(and_(truth == mine.c.label, truth != theirs.c.label)),
+        count(and_(truth == theirs.c.label, truth != mine.c.label)),
+    ).where(mine.c.model_name == served.name, mine.c.model_version == served.version, mine.c.created_at >= since,
+            theirs.c.model_name == candidate.name, theirs.c.model_version == candidate.version,
+            theirs.c.request_id == mine.c.request_id, theirs.c.item == mine.c.item)).one()
+    return [int(value or 0) for value in row]
 
 
 def _drift(model, labels, by_label: dict, threshold: float) -> dict:
@@ -321,6 +443,42 @@ def _window_families(report: dict) -> list:
         gauge("monitoring_feedback_accuracy", "Share of answered predictions users said were right", feedback["accuracy"]),
         gauge("monitoring_low_confidence_share", "Share of predictions scored under LOW_CONFIDENCE_THRESHOLD", low["share"]),
         gauge("monitoring_drift_score", "Total variation distance of predicted classes from the validation split's", drift["score"]),
+        *_candidate_families(report["candidate"], window),
+    ]
+
+
+def _candidate_families(candidate: dict | None, window: str) -> list:
+    """/monitoring's ``candidate`` as gauges: the comparison's under the candidate's name, each model's by role."""
+    if candidate is None:
+        return []
+    own, verdict = [candidate["model"]["name"], candidate["model"]["version"]], candidate["verdict"]
+    models = [([figures["name"], figures["version"], role], figures) for role, figures in candidate["models"].items()]
+
+    def family(name: str, documentation: str, labels: list, samples):
+        found = GaugeMetricFamily(name, documentation + window + ".", labels=["model", "version", *labels])
+        for values, value in samples:
+            if value is not None:
+                found.add_metric(values, value)
+        return found
+
+    return [
+        family("monitoring_candidate_compared", "Images both the served and the candidate model classified", [],
+               [(own, candidate["compared"])]),
+        family("monitoring_candidate_agreement", "Share of those with the same top-1 label", [],
+               [(own, candidate["agreement"])]),
+        family("monitoring_candidate_verdict", "1 for the verdict on the candidate (docs/monitoring.md)", ["decision"],
+               [(own + [decision], int(decision == verdict["decision"])) for decision in (PROMOTE, KEEP, WAIT)]),
+        family("monitoring_candidate_p_value", "The p-value of the verdict's test", [], [(own, verdict["p_value"])]),
+        family("monitoring_candidate_feedback_answers", "Compared predictions with feedback, by model", ["role"],
+               [(values, figures["feedback"]["total"]) for values, figures in models]),
+        family("monitoring_candidate_feedback_accuracy", "Their share users said was right, by model", ["role"],
+               [(values, figures["feedback"]["accuracy"]) for values, figures in models]),
+        family("monitoring_candidate_low_confidence_share",
+               "Share of compared predictions under LOW_CONFIDENCE_THRESHOLD, by model", ["role"],
+               [(values, figures["low_confidence_share"]) for values, figures in models]),
+        family("monitoring_candidate_latency_ms", "The model's time per image, by model", ["role", "quantile"],
+               [(values + [quantile], figures["latency_ms"][key]) for values, figures in models
+                for key, quantile in (("p50", "0.5"), ("p95", "0.95"))]),
     ]
 
 
@@ -354,7 +512,8 @@ def export_feedback_command(directory: str) -> None:
 def export_feedback(connection, directory: Path) -> tuple[list[Path], int]:
     """The images with feedback, as files; returns the paths written and the count without an image."""
     table = db.predictions
-    answered = table.c.feedback_label.is_not(None)
+    # The answers the clients saw: a candidate's shadow answer to the same image keeps no copy of it.
+    answered = and_(table.c.feedback_label.is_not(None), table.c.shadow.is_(False))
     skipped = connection.execute(select(func.count()).where(answered, table.c.image.is_(None))).scalar()
     written = []
     query = (select(table.c.request_id, table.c.item, table.c.feedback_label, table.c.image)

@@ -55,7 +55,8 @@ RECORDS_LOST = Counter("prediction_records_lost",
                        ["reason"])
 
 _INSERT = insert(db.predictions)  # built once; SQLAlchemy caches its compiled form
-_COLUMNS = ("request_id", "item", "created_at", "model_name", "model_version", "label", "score", "top", "image")
+_COLUMNS = ("request_id", "item", "created_at", "model_name", "model_version", "label", "score", "top", "shadow",
+            "latency_ms", "image")
 
 
 WRITER_KEY = "prediction_record_writer"
@@ -64,12 +65,14 @@ PREDICTIONS = Counter("model_predictions", "Predictions answered, by model, vers
                       ["model", "version", "label"])
 
 
-def record_predictions(classifier, images: Sequence, results: Sequence) -> None:
+def record_predictions(classifier, images: Sequence, results: Sequence, seconds: float | None = None,
+                       shadow: bool = False) -> None:
     """Count and queue the predictions of this request (a batch's errors, in place, are skipped).
 
-    ``classifier`` is the served ``Classifier``; ``images`` what it prepared of each upload
-    (``Classifier.prepare``), ``results`` its ``Prediction`` for each, or the ``InputError``
-    that item got.
+    ``classifier`` is the ``Classifier`` that made them (the served model or the candidate);
+    ``images`` what was prepared of each upload (``Classifier.prepare``), ``results`` its
+    ``Prediction`` for each, or the ``InputError`` that item got; ``seconds`` the model's time
+    for them all; ``shadow`` for a candidate's answers that the client did not get.
     """
     name, version = classifier.model.name, classifier.model.version  # properties: read once
     answered = [(item, image, result) for item, (image, result) in enumerate(zip(images, results))
@@ -79,10 +82,11 @@ def record_predictions(classifier, images: Sequence, results: Sequence) -> None:
     config = current_app.config
     if not answered or not config["RECORD_PREDICTIONS"]:
         return
-    now, rid, keep = db.utcnow(), request_id(), config["KEEP_IMAGES"]
+    now, rid, keep = db.utcnow(), request_id(), config["KEEP_IMAGES"] and not shadow  # the answer's row has it
+    latency_ms = None if seconds is None else seconds * 1000 / len(answered)
     writer(current_app).submit([
         Record(rid, item, now, name, version, prediction.top[0][0], prediction.top[0][1],
-               [[label, score] for label, score in prediction.top],
+               [[label, score] for label, score in prediction.top], shadow, latency_ms,
                png_bytes(image) if keep else None)
         for item, image, prediction in answered
     ])
@@ -130,6 +134,8 @@ class Record(NamedTuple):
     label: str
     score: float
     top: list
+    shadow: bool
+    latency_ms: float | None
     image: bytes | None
 
 

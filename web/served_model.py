@@ -6,22 +6,31 @@
   answers with the same 503 ``model_not_ready``; ``loaded_classifier`` is for the routes
   that answer without it (/health, /openapi.json);
 - ``classifier_for_command`` is what the ``predict`` command runs, and ``setup_options`` the
-  settings that workers, commands and Ray actors all load it with.
+  settings that workers, commands and Ray actors all load it with;
+- a candidate model (``CANDIDATE_MODEL_PATH``) is loaded beside it by the same rules, and
+  ``models_for_request`` says which model answers a request and which shadows it
+  (docs/model.md, "A candidate model").
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
 import threading
+from pathlib import Path
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 
+from classifier.errors import ModelContractError
 from classifier.pipeline import Classifier
 
 from . import telemetry
 from .settings import read_runtime
 
 EXTENSION_KEY = "classifier"
+CANDIDATE_KEY = "candidate"
+CLIENT_ID_HEADER = "X-Client-ID"
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +64,72 @@ def when_run_from_flask_cli() -> dict | None:
 
 
 def load(app: Flask) -> Classifier:
-    """Load, check and warm up the model; a bad file stops start-up with the reason."""
-    classifier = Classifier.setup(app.config["MODEL_PATH"], **setup_options(app.config))
+    """Load, check and warm up the model, and the candidate if any; a bad file stops start-up with the reason."""
+    classifier = _setup("model", app.config["MODEL_PATH"], app.config)
     # Observed from here on: the warm-up and smoke test are not served inferences.
     classifier.on_inference = telemetry.observe_inference
+    app.extensions[CANDIDATE_KEY] = load_candidate(app.config, classifier)
     app.extensions[EXTENSION_KEY] = classifier
     telemetry.set_model_info(classifier.model.name, classifier.model.version)
-    log.info(
-        "model %s %s loaded in %.2fs (%d classes, %s engine, %d threads; %s)",
-        classifier.model.name,
-        classifier.model.version,
-        classifier.model.load_seconds,
-        len(classifier.labels),
-        classifier.engine.name,
-        app.config["TORCH_THREADS"],
-        classifier.engine_reason,
-    )
     return classifier
+
+
+def _setup(role: str, path, config, onnx_path: str | None = None) -> Classifier:
+    classifier = Classifier.setup(path, **setup_options(config, onnx_path=onnx_path))
+    model = classifier.model
+    log.info("%s %s %s loaded in %.2fs (%d classes, %s engine, %d threads; %s)", role, model.name, model.version,
+             model.load_seconds, len(classifier.labels), classifier.engine.name, config["TORCH_THREADS"],
+             classifier.engine_reason)
+    return classifier
+
+
+def load_candidate(config, served: Classifier) -> Classifier | None:
+    """The candidate, loaded as the served model is (its own ONNX copy); None when there is none.
+
+    The file is the switch: ``flask --app app promote`` moves it into MODEL_PATH's place, and
+    the workers it reloads find no candidate, with no setting to change.
+    """
+    path = config["CANDIDATE_MODEL_PATH"]
+    if not path or not Path(path).is_file():
+        if path:
+            log.warning("no candidate model: CANDIDATE_MODEL_PATH %s does not exist", path)
+        return None
+    candidate = _setup("candidate", path, config, candidate_onnx_path(config))
+    if (candidate.model.name, candidate.model.version) == (served.model.name, served.model.version):
+        raise ModelContractError(
+            f"CANDIDATE_MODEL_PATH {path} is {served.model.name} {served.model.version}, the model MODEL_PATH "
+            "serves: a candidate needs a version of its own (export it with another model_version), "
+            "or unset CANDIDATE_MODEL_PATH.")
+    return candidate
+
+
+def candidate_onnx_path(config) -> str:
+    """The candidate's ONNX copy: its name with .onnx, beside it; none when the served model has none."""
+    return str(Path(config["CANDIDATE_MODEL_PATH"]).with_suffix(".onnx")) if config["ONNX_MODEL_PATH"] else ""
+
+
+def loaded_candidate() -> Classifier | None:
+    return current_app.extensions.get(CANDIDATE_KEY)
+
+
+def models_for_request() -> tuple[Classifier, Classifier | None]:
+    """The model that answers this request, and the one that shadows it (None: none does).
+
+    The candidate takes CANDIDATE_SHARE of the requests: in canary mode it answers them, in
+    shadow mode it classifies them too, after the served model's answer.
+    """
+    served, candidate, config = get_classifier(), loaded_candidate(), current_app.config
+    canary = config["CANDIDATE_MODE"] == "canary"
+    if candidate is None or not _drawn(config["CANDIDATE_SHARE"], canary and request.headers.get(CLIENT_ID_HEADER)):
+        return served, None
+    return (candidate, None) if canary else (served, candidate)
+
+
+def _drawn(share: float, client_id: str | None) -> bool:
+    if client_id:  # the same client gets the same model from every worker: not Python's per-process hash()
+        digest = hashlib.sha256(client_id.encode("utf-8", "surrogateescape")).digest()
+        return int.from_bytes(digest[:8], "big") < share * 2**64
+    return random.random() < share
 
 
 def get_classifier() -> Classifier:
@@ -99,11 +157,11 @@ def classifier_for_command() -> Classifier:
     return classifier
 
 
-def setup_options(config, threads: int | None = None) -> dict:
-    """The settings ``Classifier.setup`` takes, from the app's config."""
+def setup_options(config, threads: int | None = None, onnx_path: str | None = None) -> dict:
+    """The settings ``Classifier.setup`` takes, from the app's config (``onnx_path``: another model's copy)."""
     return {
         "max_pixels": config["MAX_IMAGE_PIXELS"],
         "threads": threads or config["TORCH_THREADS"],
         "engine": config["INFERENCE_ENGINE"],
-        "onnx_path": config["ONNX_MODEL_PATH"] or None,
+        "onnx_path": (config["ONNX_MODEL_PATH"] if onnx_path is None else onnx_path) or None,
     }

@@ -21,6 +21,7 @@ MEGABYTE = 1024 * 1024
 # Short keys can be guessed; `python -c "import secrets; print(secrets.token_urlsafe(32))"`.
 MIN_API_KEY_LENGTH = 16
 ENGINES = ("auto", "onnxruntime", "torchscript")
+CANDIDATE_MODES = ("shadow", "canary")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DURATION_PATTERN = re.compile(r"([0-9]{1,7})([smhd])")
 _SECONDS_PER_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -167,6 +168,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DEVICE_MODEL_PATH", "model.onnx", text,
             "The ONNX copy the page's 'On this device' switch runs in the browser (it publishes the weights); "
             "empty: no switch."),
+    # A candidate model beside the served one (docs/model.md#a-candidate-model-shadow-and-canary)
+    Setting("CANDIDATE_MODEL_PATH", "", text,
+            "A second model file tried on live traffic beside MODEL_PATH (its ONNX copy: the same name with .onnx); "
+            "unset, or no such file: no candidate."),
+    Setting("CANDIDATE_MODE", "shadow", choice(*CANDIDATE_MODES),
+            "shadow: the candidate also classifies CANDIDATE_SHARE of requests, the served model answers; "
+            "canary: the candidate answers that share."),
+    Setting("CANDIDATE_SHARE", 0.1, number(0, 1),
+            "The share of requests (0-1) the candidate classifies; in canary mode a request with X-Client-ID "
+            "gets the same model every time."),
     # Processes
     Setting("PORT", 8000, integer(1, 65535), "The port nginx listens on (the platform sets it).", set_by_platform=True),
     Setting("LISTEN_ADDRESS", "0.0.0.0", ip_address, "The address nginx listens on, at PORT; 0.0.0.0: every interface."),
