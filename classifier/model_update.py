@@ -16,6 +16,7 @@ old file or the new one, whole, and never a half-copied one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -23,6 +24,7 @@ import shutil
 from pathlib import Path
 
 from .errors import ModelContractError
+from .onnx_copy import manifest_path
 from .pipeline import Classifier
 
 
@@ -46,23 +48,79 @@ def install_model(candidate: str | Path, served: str | Path, **serving) -> Class
     system. On any failure ``served`` is left as it was. ``serving`` as for
     ``check_model_file``; the classifier that passed the check is returned.
     """
-    candidate, served = Path(candidate), Path(served)
-    if not candidate.is_file():
-        raise ModelContractError(f"Model file not found: {candidate}")
-    staged = served.with_name(f".{served.name}.{os.getpid()}.incoming")
+    return install_files([candidate], [served], **serving)
+
+
+def install_files(sources, targets, displaced=(), move: bool = False, **serving) -> Classifier:
+    """``install_model`` for a model file with its ONNX copy and the copy's manifest (``model_files``).
+
+    The copy checked is the one that will be served, and a target whose source is missing is
+    removed (the ONNX copy of the model replaced). With ``displaced``, the files the targets held
+    go there (a promotion keeps the served model for its rollback); with ``move``, the sources
+    are removed (a promoted candidate). The files change in an order in which a worker starting
+    at any moment finds a model it can serve and no candidate equal to it.
+    """
+    sources, targets, displaced = ([Path(path) for path in paths] for paths in (sources, targets, displaced))
+    if not sources[0].is_file():
+        raise ModelContractError(f"Model file not found: {sources[0]}")
+    staged, kept = [_staging(path) for path in targets], [_staging(path) for path in displaced]
     try:
-        shutil.copyfile(candidate, staged)
-        _flush_to_disk(staged)
+        _copy(sources, staged)
+        if len(targets) > 1:
+            serving = {**serving, "onnx_path": staged[1] if staged[1].is_file() else None}
         try:
-            classifier = check_model_file(staged, **serving)
-        except ModelContractError as error:  # name the file the caller gave, not the copy
-            raise ModelContractError(str(error).replace(str(staged), str(candidate))) from error
-        os.replace(staged, served)
-        _flush_to_disk(served.parent)
+            classifier = check_model_file(staged[0], **serving)
+        except ModelContractError as error:  # name the files the caller gave, not the copies
+            message = str(error)
+            for copy, source in zip(staged, sources):
+                message = message.replace(str(copy), str(source))
+            raise ModelContractError(message) from error
+        _copy(targets, kept)
+        for source in sources if move else ():
+            source.unlink(missing_ok=True)
+        _rename(staged, targets)
+        _rename(kept, displaced)
     finally:
-        staged.unlink(missing_ok=True)
-    classifier.model = dataclasses.replace(classifier.model, path=str(served))
+        for copy in staged + kept:
+            copy.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                copy.parent.rmdir()
+    classifier.model = dataclasses.replace(classifier.model, path=str(targets[0]))
     return classifier
+
+
+def model_files(model_path, onnx_path=None) -> list[Path]:
+    """A model file, then its ONNX copy and the copy's manifest when there is a path for one."""
+    return [Path(model_path), *((Path(onnx_path), manifest_path(onnx_path)) if onnx_path else ())]
+
+
+def previous_files(files) -> list[Path]:
+    """Where a promotion keeps the files of the model it replaced, for a rollback: NAME.previous."""
+    return [path.with_name(f"{path.name}.previous") for path in files]
+
+
+def _staging(target: Path) -> Path:
+    # Beside the target, so that the rename stays on one file system; under the target's own
+    # name, so that an ONNX copy's manifest is found beside it as it will be.
+    return target.parent / f".incoming-{os.getpid()}" / target.name
+
+
+def _copy(sources: list[Path], copies: list[Path]) -> None:
+    for source, copy in zip(sources, copies):
+        if source.is_file():
+            copy.parent.mkdir(exist_ok=True)
+            shutil.copyfile(source, copy)
+            _flush_to_disk(copy)
+
+
+def _rename(copies: list[Path], targets: list[Path]) -> None:
+    for copy, target in zip(copies, targets):
+        if copy.is_file():
+            os.replace(copy, target)
+        else:
+            target.unlink(missing_ok=True)
+    for folder in {target.parent for target in targets}:
+        _flush_to_disk(folder)
 
 
 def gunicorn_master_pid(pid: int | None = None, pidfile: str | Path | None = None) -> int:

@@ -1,5 +1,5 @@
-"""Commands for people and CI: ``flask --app app check-model PATH``, ``swap-model PATH`` and
-``predict PATH...``."""
+"""Commands for people and CI: ``flask --app app check-model PATH``, ``swap-model PATH``,
+``promote``, ``rollback`` and ``predict PATH...``."""
 
 from __future__ import annotations
 
@@ -15,14 +15,23 @@ from flask.cli import with_appcontext
 
 from classifier.batch import WRITERS, classify_files, find_images
 from classifier.errors import InvalidParameter, ModelContractError
-from classifier.model_update import check_model_file, gunicorn_master_pid, install_model, reload_workers
+from classifier.model_update import (
+    check_model_file,
+    gunicorn_master_pid,
+    install_files,
+    model_files,
+    previous_files,
+    reload_workers,
+)
 
-from .served_model import classifier_for_command, setup_options
+from .served_model import candidate_onnx_path, classifier_for_command, setup_options
 
 
 def register_commands(app: Flask) -> None:
     app.cli.add_command(check_model_command)
     app.cli.add_command(swap_model_command)
+    app.cli.add_command(promote_command)
+    app.cli.add_command(rollback_command)
     app.cli.add_command(predict_command)
 
 
@@ -48,14 +57,16 @@ def check_model_command(path: str) -> None:
     )
 
 
+def gunicorn_options(command):
+    """The options that name the gunicorn master to reload."""
+    command = click.option("--pidfile", type=click.Path(dir_okay=False), help=(
+        "gunicorn's pid file (start gunicorn with --pid FILE, or GUNICORN_CMD_ARGS='--pid FILE')."))(command)
+    return click.option("--pid", type=int, help="The gunicorn master's process id.")(command)
+
+
 @click.command("swap-model")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--pid", type=int, help="The gunicorn master's process id.")
-@click.option(
-    "--pidfile",
-    type=click.Path(dir_okay=False),
-    help="gunicorn's pid file (start gunicorn with --pid FILE, or GUNICORN_CMD_ARGS='--pid FILE').",
-)
+@gunicorn_options
 @with_appcontext
 def swap_model_command(path: str, pid: int | None, pidfile: str | None) -> None:
     """Serve PATH without downtime: check it, replace MODEL_PATH atomically, reload gunicorn.
@@ -64,20 +75,56 @@ def swap_model_command(path: str, pid: int | None, pidfile: str | None) -> None:
     file that fails it is refused (exit 1) and MODEL_PATH is left untouched.
     gunicorn then starts new workers on the new file and stops the old ones gracefully.
     """
-    served = current_app.config["MODEL_PATH"]
+    serve_files([path], [current_app.config["MODEL_PATH"]], pid, pidfile, "swapped")
+
+
+@click.command("promote")
+@gunicorn_options
+@with_appcontext
+def promote_command(pid: int | None, pidfile: str | None) -> None:
+    """Serve the candidate (CANDIDATE_MODEL_PATH, with its ONNX copy) in place of the served model.
+
+    Checked and installed as swap-model does; the served model's files are kept as
+    NAME.previous for rollback, and the candidate's are moved, so the reloaded workers have none.
+    """
+    config = current_app.config
+    if not config["CANDIDATE_MODEL_PATH"]:
+        raise click.ClickException("CANDIDATE_MODEL_PATH is not set: there is no candidate to promote.")
+    served = model_files(config["MODEL_PATH"], config["ONNX_MODEL_PATH"])
+    candidate = model_files(config["CANDIDATE_MODEL_PATH"], candidate_onnx_path(config))
+    serve_files(candidate, served, pid, pidfile, "promoted", displaced=previous_files(served), move=True)
+
+
+@click.command("rollback")
+@gunicorn_options
+@with_appcontext
+def rollback_command(pid: int | None, pidfile: str | None) -> None:
+    """Undo promote: serve the model it replaced again, and make the promoted one the candidate again."""
+    config = current_app.config
+    served = model_files(config["MODEL_PATH"], config["ONNX_MODEL_PATH"])
+    previous = previous_files(served)
+    if not previous[0].is_file():
+        raise click.ClickException(f"Nothing to roll back: {previous[0]} does not exist (promote keeps it there).")
+    candidate = model_files(config["CANDIDATE_MODEL_PATH"], candidate_onnx_path(config)) \
+        if config["CANDIDATE_MODEL_PATH"] else []
+    serve_files(previous, served, pid, pidfile, "rolled back", displaced=candidate, move=True)
+
+
+def serve_files(sources, served, pid, pidfile, done: str, displaced=(), move: bool = False) -> None:
+    """Check ``sources``, install them as ``served`` (``install_files``) and reload gunicorn."""
     try:
         # Find gunicorn first, so that a wrong pid leaves the served file alone.
         master = gunicorn_master_pid(pid=pid, pidfile=pidfile)
     except (ValueError, LookupError) as error:
         raise click.ClickException(str(error)) from error
     try:
-        classifier = install_model(path, served, **setup_options(current_app.config))
+        classifier = install_files(sources, served, displaced, move=move, **setup_options(current_app.config))
     except ModelContractError as error:
-        raise click.ClickException(f"refused, {served} unchanged: {error}") from error
+        raise click.ClickException(f"refused, {served[0]} unchanged: {error}") from error
     reload_workers(master)
     model = classifier.model
     click.echo(
-        f"swapped: {served} is now {model.name} {model.version}, served with {classifier.engine.name}; "
+        f"{done}: {served[0]} is now {model.name} {model.version}, served with {classifier.engine.name}; "
         f"gunicorn (pid {master}) is replacing its workers. GET /health reports the version each worker serves."
     )
 

@@ -333,7 +333,7 @@ def candidate_report(connection, served, since, threshold: float) -> dict | None
     if candidate is None:
         return None
     config, candidate = current_app.config, candidate.model
-    compared, agreed, answered, served_only, candidate_only = _pairs(connection, served, candidate, since)
+    compared, agreed, answered, *right, served_only, candidate_only = _pairs(connection, served, candidate, since)
     if config["CANDIDATE_MODE"] == "shadow":
         pairs = {"served": (served, candidate), "candidate": (candidate, served)}
     else:  # each model's own answers, over the same time: from the candidate's first
@@ -343,8 +343,11 @@ def candidate_report(connection, served, since, threshold: float) -> dict | None
         since = max(since, first) if first else since
         pairs = {"served": (served, None), "candidate": (candidate, None)}
     models = {}
-    for role, (model, other) in pairs.items():
+    for (role, (model, other)), correct in zip(pairs.items(), right):
         figures = model_figures(connection, _of_model(model, since, other), threshold)
+        if other is not None:  # the feedback on the answer, which may have come before the shadow's record
+            figures["feedback"] = {"total": answered, "correct": correct,
+                                   "accuracy": correct / answered if answered else None}
         models[role] = {"name": model.name, "version": model.version, "predictions": figures["predictions"],
                         "feedback": figures["feedback"], "latency_ms": figures["latency_ms"],
                         "low_confidence_share": figures["low_confidence"] / figures["predictions"]
@@ -360,16 +363,18 @@ def candidate_report(connection, served, since, threshold: float) -> dict | None
 
 
 def _pairs(connection, served, candidate, since) -> list[int]:
-    """Images both models classified: how many, how many alike, with feedback, right by one model alone."""
+    """Images both models classified: how many, how many alike, with feedback, right by each model,
+    right by one model alone."""
     table = db.predictions
     mine, theirs = table.alias("mine"), table.alias("theirs")
-    truth = mine.c.feedback_label  # a feedback goes to every model's row of its image
+    truth = mine.c.feedback_label  # the served model's row is the answer's: feedback finds it first
 
     def count(condition):
         return func.sum(case((condition, 1), else_=0))
 
     row = connection.execute(select(
         func.count(), count(mine.c.label == theirs.c.label), count(truth.is_not(None)),
+        count(truth == mine.c.label), count(truth == theirs.c.label),
         count(and_(truth == mine.c.label, truth != theirs.c.label)),
         count(and_(truth == theirs.c.label, truth != mine.c.label)),
     ).where(mine.c.model_name == served.name, mine.c.model_version == served.version, mine.c.created_at >= since,
