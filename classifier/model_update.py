@@ -11,7 +11,8 @@ is checked *before* it takes MODEL_PATH's place, by the very check a worker runs
 server's settings (``Classifier.setup``: with ``INFERENCE_ENGINE=onnxruntime`` a model that
 its ONNX copy was not made from is refused, as a worker would refuse it), and it takes it with one rename, so a
 worker that starts at any moment (a reload, a recycled or crashed worker) reads either the
-old file or the new one, whole, and never a half-copied one.
+old file or the new one, whole, and never a half-copied one. ``install_files`` does the same
+for a model with its ONNX copy: the promotion of a candidate and its rollback.
 """
 
 from __future__ import annotations
