@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -99,11 +100,12 @@ def expected_figures(seen: list[Seen], mode: str) -> dict:
     for role, rows in answers.items():
         judged = [(label, truth) for label, _, truth in rows if truth]
         correct = sum(label == truth for label, truth in judged)
+        low = sum(score < THRESHOLD for _, score, _ in rows)
         figures[role] = {
-            "predictions": len(rows),
+            "predictions": {"total": len(rows), "by_label": dict(Counter(label for label, _, _ in rows))},
             "feedback": {"total": len(judged), "correct": correct,
                          "accuracy": correct / len(judged) if judged else None},
-            "low_confidence_share": sum(score < THRESHOLD for _, score, _ in rows) / len(rows) if rows else None,
+            "low_confidence": {"threshold": THRESHOLD, "total": low, "share": low / len(rows) if rows else None},
         }
     return {"compared": len(both), "agreement": agreed / len(both) if both else None, "models": figures}
 
@@ -120,7 +122,7 @@ def check_report(candidate: dict, seen: list[Seen], mode: str, share: float) -> 
         assert got["version"] == {"served": "0.0.1", "candidate": "0.1.0"}[role]
         assert got["predictions"] == figures["predictions"], role
         assert got["feedback"] == pytest.approx(figures["feedback"]), role
-        assert got["low_confidence_share"] == pytest.approx(figures["low_confidence_share"]), role
+        assert got["low_confidence"] == pytest.approx(figures["low_confidence"]), role
         latency = got["latency_ms"]
         assert 0 < latency["p50"] <= latency["p95"], (role, latency)
 
@@ -220,7 +222,7 @@ def test_shadow_takes_its_share_and_leaves_the_rest_alone(make_app, candidate_pa
     for _ in range(5):
         assert role_of(answer(client, BLUE)) == "served"
     candidate = client.get("/monitoring").get_json()["candidate"]
-    assert candidate["compared"] == 0 and candidate["models"]["candidate"]["predictions"] == 0
+    assert candidate["compared"] == 0 and candidate["models"]["candidate"]["predictions"]["total"] == 0
     assert candidate["verdict"]["decision"] == WAIT
 
 
@@ -323,7 +325,7 @@ def test_monitoring_and_metrics_agree(make_app, candidate_path):
         labels = {"model": "tiny-colours", "version": figures["version"], "role": role}
         assert value("monitoring_candidate_feedback_accuracy", **labels) == pytest.approx(figures["feedback"]["accuracy"])
         assert value("monitoring_candidate_feedback_answers", **labels) == figures["feedback"]["total"] == 3
-        assert value("monitoring_candidate_low_confidence_share", **labels) == pytest.approx(figures["low_confidence_share"])
+        assert value("monitoring_candidate_low_confidence_share", **labels) == pytest.approx(figures["low_confidence"]["share"])
         assert value("monitoring_candidate_latency_ms", quantile="0.95", **labels) == pytest.approx(figures["latency_ms"]["p95"])
 
 

@@ -64,7 +64,7 @@ def settled_report(url: str, seen: list[Seen], mode: str) -> dict:
         found.update(send(url, "GET", "/monitoring")[1]["candidate"])
         models = found["models"]
         return found["compared"] == expected["compared"] and all(
-            models[role]["predictions"] == figures["predictions"]
+            models[role]["predictions"]["total"] == figures["predictions"]["total"]
             and models[role]["feedback"]["total"] == figures["feedback"]["total"]
             for role, figures in expected["models"].items())
 

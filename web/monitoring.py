@@ -127,11 +127,15 @@ class Latency(Schema):
     p95 = fields.Float(required=True, allow_none=True, validate=validate.Range(min=0))
 
 
-class ModelFigures(ModelName):
-    predictions = fields.Integer(**_COUNT)
+class Figures(Schema):
+    predictions = fields.Nested(Predictions, required=True)
     feedback = fields.Nested(FeedbackFigures, required=True)
-    low_confidence_share = fields.Float(**_SHARE)
+    low_confidence = fields.Nested(LowConfidence, required=True)
     latency_ms = fields.Nested(Latency, required=True, metadata={"description": "The model's time per image."})
+
+
+class ModelFigures(Figures, ModelName):
+    pass
 
 
 class Verdict(Schema):
@@ -154,12 +158,9 @@ class CandidateReport(Schema):
     verdict = fields.Nested(Verdict, required=True)
 
 
-class Report(Schema):
+class Report(Figures):
     model = fields.Nested(ModelName, required=True)
     window = fields.Nested(Window, required=True)
-    predictions = fields.Nested(Predictions, required=True)
-    feedback = fields.Nested(FeedbackFigures, required=True)
-    low_confidence = fields.Nested(LowConfidence, required=True)
     drift = fields.Nested(Drift, required=True)
     candidate = fields.Nested(CandidateReport, required=True, allow_none=True,
                               metadata={"description": "The candidate model against the served one; null without one."})
@@ -268,14 +269,11 @@ def window_report(connection, classifier, seconds: int) -> dict:
     since = until - timedelta(seconds=seconds)
     threshold = float(config["LOW_CONFIDENCE_THRESHOLD"])
     figures = model_figures(connection, _of_model(model, since), threshold)
-    by_label, total, low = figures["by_label"], figures["predictions"], figures["low_confidence"]
     return {
         "model": {"name": model.name, "version": model.version},
         "window": {"seconds": seconds, "since": _iso(since), "until": _iso(until)},
-        "predictions": {"total": total, "by_label": by_label},
-        "feedback": figures["feedback"],
-        "low_confidence": {"threshold": threshold, "total": low, "share": low / total if total else None},
-        "drift": _drift(model, classifier.labels, by_label, float(config["DRIFT_THRESHOLD"])),
+        **figures,
+        "drift": _drift(model, classifier.labels, figures["predictions"]["by_label"], float(config["DRIFT_THRESHOLD"])),
         "candidate": candidate_report(connection, model, since, threshold),
     }
 
@@ -308,14 +306,17 @@ def model_figures(connection, where: list, threshold: float) -> dict:
         .where(*where)
         .group_by(table.c.label)
     ).all()
-    answered, correct, timed = (sum(int(row[column] or 0) for row in rows) for column in (3, 4, 5))
+    total, low, answered, correct, timed = (sum(int(row[column] or 0) for row in rows) for column in range(1, 6))
     return {
-        "by_label": {label: int(count) for label, count, *_ in sorted(rows)},
-        "predictions": sum(int(row[1]) for row in rows),
-        "low_confidence": sum(int(row[2] or 0) for row in rows),
-        "feedback": {"total": answered, "correct": correct, "accuracy": correct / answered if answered else None},
+        "predictions": {"total": total, "by_label": {label: int(count) for label, count, *_ in sorted(rows)}},
+        "feedback": _accuracy(correct, answered),
+        "low_confidence": {"threshold": threshold, "total": low, "share": low / total if total else None},
         "latency_ms": {"p50": _percentile(connection, where, timed, 0.5), "p95": _percentile(connection, where, timed, 0.95)},
     }
+
+
+def _accuracy(correct: int, answered: int) -> dict:
+    return {"total": answered, "correct": correct, "accuracy": correct / answered if answered else None}
 
 
 def _percentile(connection, where: list, count: int, quantile: float) -> float | None:
@@ -344,14 +345,10 @@ def candidate_report(connection, served, since, threshold: float) -> dict | None
         pairs = {"served": (served, None), "candidate": (candidate, None)}
     models = {}
     for (role, (model, other)), correct in zip(pairs.items(), right):
-        figures = model_figures(connection, _of_model(model, since, other), threshold)
+        models[role] = {"name": model.name, "version": model.version,
+                        **model_figures(connection, _of_model(model, since, other), threshold)}
         if other is not None:  # the feedback on the answer, which may have come before the shadow's record
-            figures["feedback"] = {"total": answered, "correct": correct,
-                                   "accuracy": correct / answered if answered else None}
-        models[role] = {"name": model.name, "version": model.version, "predictions": figures["predictions"],
-                        "feedback": figures["feedback"], "latency_ms": figures["latency_ms"],
-                        "low_confidence_share": figures["low_confidence"] / figures["predictions"]
-                        if figures["predictions"] else None}
+            models[role]["feedback"] = _accuracy(correct, answered)
     if config["CANDIDATE_MODE"] == "shadow":
         verdict = paired_verdict(answered, served_only, candidate_only)
     else:
@@ -480,7 +477,7 @@ def _candidate_families(candidate: dict | None, window: str) -> list:
                [(values, figures["feedback"]["accuracy"]) for values, figures in models]),
         family("monitoring_candidate_low_confidence_share",
                "Share of compared predictions under LOW_CONFIDENCE_THRESHOLD, by model", ["role"],
-               [(values, figures["low_confidence_share"]) for values, figures in models]),
+               [(values, figures["low_confidence"]["share"]) for values, figures in models]),
         family("monitoring_candidate_latency_ms", "The model's time per image, by model", ["role", "quantile"],
                [(values + [quantile], figures["latency_ms"][key]) for values, figures in models
                 for key, quantile in (("p50", "0.5"), ("p95", "0.95"))]),
