@@ -1,6 +1,6 @@
 """What a candidate model costs: the Procfile server without one, with one shadowing, and with a canary.
 
-    python -m bench.rollout                                  # a few minutes; writes bench/rollout-results.md
+    flock /tmp/cpu.lock python -m bench.rollout              # several minutes; writes bench/rollout-results.md
     python -m bench.rollout --rounds 2 --output /tmp/r.md    # a quick run
 
 Every contender is the Procfile's server (nginx, gunicorn, 2 workers, as deployed, default
@@ -47,8 +47,8 @@ from training.latency import load_average, machine_description  # noqa: E402
 
 # Settings of ours that the caller's shell might hold; the benchmark serves the defaults.
 _OUR_SETTINGS = ("WEB_CONCURRENCY", "TORCH_THREADS", "MODEL_PATH", "INFERENCE_ENGINE", "ONNX_MODEL_PATH",
-                 "DATABASE_URL", "RECORD_PREDICTIONS", "KEEP_IMAGES", "CANDIDATE_MODEL_PATH", "CANDIDATE_MODE",
-                 "CANDIDATE_SHARE")
+                 "DATABASE_URL", "RECORD_PREDICTIONS", "KEEP_IMAGES", "CANDIDATE_MODEL_PATH",
+                 "CANDIDATE_MODE", "CANDIDATE_SHARE")
 DYNO_MB = 512
 
 
@@ -71,7 +71,8 @@ def make_candidate(folder: Path) -> Path:
     meta = read_meta(ROOT / "model.zip")
     meta["version"] = f"{meta.get('version', '0')}-candidate"
     path = folder / "candidate.zip"
-    torch.jit.save(torch.jit.load(str(ROOT / "model.zip")), str(path), _extra_files={"meta.json": json.dumps(meta)})
+    module = torch.jit.load(str(ROOT / "model.zip"))
+    torch.jit.save(module, str(path), _extra_files={"meta.json": json.dumps(meta)})
     export_onnx(path, folder / "candidate.onnx")
     return path
 
@@ -91,7 +92,7 @@ def markdown(contenders: list[Contender], args, load_before: str, load_after: st
     lines = [
         "# What a candidate model costs",
         "",
-        "*Written by `flock /tmp/cpu-heavy.lock python -m bench.rollout"
+        "*Written by `flock /tmp/cpu.lock python -m bench.rollout"
         f"{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`; run it again to refresh.*",
         "",
         f"- **Machine**: {machine_description()}; load average (1/5/15 min) {load_before} before, "
@@ -101,8 +102,8 @@ def markdown(contenders: list[Contender], args, load_before: str, load_after: st
         "another version, with its own ONNX copy; every contender started at the same time, idle while "
         "another runs.",
         f"- **Load**: {args.requests} data-set JPEGs (256×256, 64 distinct) per round and concurrency, "
-        f"`POST /predict` multipart, in a closed loop; {args.rounds} rounds, each contender once per round in "
-        f"a new random order; then {args.batches} `POST /predict/batch` of 16 JPEGs at concurrency 2.",
+        f"`POST /predict` multipart, in a closed loop; {args.rounds} rounds, each contender once per round "
+        f"in a new random order; then {args.batches} `POST /predict/batch` of 16 JPEGs at concurrency 2.",
         "- **Ratio**: in each round, the contender's requests/s ÷ the server without a candidate's in that "
         "round; the median over the rounds. Latency: as the client sees it, every request of every round.",
         f"- **Memory**: the whole server (every process of the Procfile's tree), sampled every 0.2 s over "
@@ -125,8 +126,9 @@ def markdown(contenders: list[Contender], args, load_before: str, load_after: st
         lines.append(f"| {contender.name} | " + " | ".join(cells) + " |")
     lines += ["", "Requests/s of every round, in the order run (c=1; c=4):", ""]
     for contender in contenders:
-        lines.append(f"- {contender.name}: " + "; ".join(
-            ", ".join(f"{value:.1f}" for value in contender.throughputs[clients]) for clients in (1, args.concurrency)))
+        rounds = [", ".join(f"{value:.1f}" for value in contender.throughputs[clients])
+                  for clients in (1, args.concurrency)]
+        lines.append(f"- {contender.name}: " + "; ".join(rounds))
     return "\n".join(lines) + "\n"
 
 
@@ -161,7 +163,7 @@ def main() -> None:
             urls[contender.name], server = stack.enter_context(procfile_server(env=env, log_path=log))
             contender.memory = stack.enter_context(MemorySampler(server.process.pid))
             post_round(urls[contender.name], bodies, 16, 2)  # warm-up: every worker's first requests
-        print(f"[rollout] {len(contenders)} servers up; {args.rounds} rounds of {args.requests} requests", flush=True)
+        print(f"[rollout] {len(contenders)} servers up; {args.rounds} rounds", flush=True)
         order = list(contenders)
         for round_ in range(args.rounds):
             random.Random(round_).shuffle(order)
@@ -170,8 +172,8 @@ def main() -> None:
                     throughput, latencies = post_round(urls[contender.name], bodies, args.requests, clients)
                     contender.throughputs[clients].append(throughput)
                     contender.latencies_ms[clients] += latencies
-                print(f"  round {round_ + 1}: {contender.name}: {contender.throughputs[args.concurrency][-1]:.1f} "
-                      "requests/s", flush=True)
+                throughput = contender.throughputs[args.concurrency][-1]
+                print(f"  round {round_ + 1}: {contender.name}: {throughput:.1f} requests/s", flush=True)
         for contender in contenders:
             post_batches(urls[contender.name], batch, args.batches)
     text = markdown(contenders, args, load_before, load_average())

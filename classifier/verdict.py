@@ -19,8 +19,8 @@ MIN_FEEDBACK = 30
 PROMOTE, KEEP, WAIT = "promote", "keep the served model", "not enough evidence yet"
 PAIRED_RULE = (f"McNemar's exact test on the images both models classified that have feedback: at least "
                f"{MIN_FEEDBACK} of them, and p < {ALPHA}; the better model wins")
-UNPAIRED_RULE = (f"Fisher's exact test on each model's own answers that have feedback: at least {MIN_FEEDBACK} "
-                 f"each, and p < {ALPHA}; the better model wins")
+UNPAIRED_RULE = (f"Fisher's exact test on each model's own answers that have feedback: at least "
+                 f"{MIN_FEEDBACK} each, and p < {ALPHA}; the better model wins")
 
 
 def paired_verdict(answered: int, served_only: int, candidate_only: int) -> dict:
@@ -35,13 +35,16 @@ def paired_verdict(answered: int, served_only: int, candidate_only: int) -> dict
     return _decide(p, candidate_only - served_only, PAIRED_RULE, counts)
 
 
-def unpaired_verdict(served_right: int, served_answered: int, candidate_right: int, candidate_answered: int) -> dict:
+def unpaired_verdict(served_right: int, served_answered: int, candidate_right: int,
+                     candidate_answered: int) -> dict:
     """The verdict on each model's own answers with feedback (``*_answered``), ``*_right`` of them right."""
     fewest = min(served_answered, candidate_answered)
     if fewest < MIN_FEEDBACK:
-        return _verdict(WAIT, None, UNPAIRED_RULE, f"{served_answered} answers with feedback for the served model "
-                        f"and {candidate_answered} for the candidate; the rule needs {MIN_FEEDBACK} each")
-    p = fisher_p(served_right, served_answered - served_right, candidate_right, candidate_answered - candidate_right)
+        return _verdict(WAIT, None, UNPAIRED_RULE, f"{served_answered} answers with feedback for the "
+                        f"served model and {candidate_answered} for the candidate; the rule needs "
+                        f"{MIN_FEEDBACK} each")
+    served_wrong, candidate_wrong = served_answered - served_right, candidate_answered - candidate_right
+    p = fisher_p(served_right, served_wrong, candidate_right, candidate_wrong)
     counts = (f"the served model was right on {served_right} of {served_answered}, "
               f"the candidate on {candidate_right} of {candidate_answered}")
     better = candidate_right / candidate_answered - served_right / served_answered

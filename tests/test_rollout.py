@@ -22,7 +22,9 @@ from sqlalchemy.exc import IntegrityError
 
 from app import create_app
 from classifier.errors import ModelContractError
-from classifier.verdict import KEEP, MIN_FEEDBACK, PROMOTE, WAIT, fisher_p, mcnemar_p, paired_verdict, unpaired_verdict
+from classifier.verdict import (
+    KEEP, MIN_FEEDBACK, PROMOTE, WAIT, fisher_p, mcnemar_p, paired_verdict, unpaired_verdict,
+)
 from training.onnx_variants import export_onnx
 from web import db, records
 from web.settings import SettingError, read_settings
@@ -39,6 +41,7 @@ RED, BLUE, GREY = (255, 0, 0), (0, 0, 255), (128, 128, 128)
 # served model says "blue", and agrees on the rest. Its labels differ: compared by label.
 CANDIDATE_LABELS = ["red", "green", "teal"]
 THRESHOLD = 0.5  # LOW_CONFIDENCE_THRESHOLD's default
+ROLES = {"tiny-colours/0.0.1": "served", "tiny-colours/0.1.0": "candidate"}  # by X-Model-Version
 
 
 @pytest.fixture(scope="session")
@@ -101,11 +104,12 @@ def expected_figures(seen: list[Seen], mode: str) -> dict:
         judged = [(label, truth) for label, _, truth in rows if truth]
         correct = sum(label == truth for label, truth in judged)
         low = sum(score < THRESHOLD for _, score, _ in rows)
+        share = low / len(rows) if rows else None
         figures[role] = {
             "predictions": {"total": len(rows), "by_label": dict(Counter(label for label, _, _ in rows))},
             "feedback": {"total": len(judged), "correct": correct,
                          "accuracy": correct / len(judged) if judged else None},
-            "low_confidence": {"threshold": THRESHOLD, "total": low, "share": low / len(rows) if rows else None},
+            "low_confidence": {"threshold": THRESHOLD, "total": low, "share": share},
         }
     return {"compared": len(both), "agreement": agreed / len(both) if both else None, "models": figures}
 
@@ -137,7 +141,7 @@ def answer(client, colour, headers=None, top=None):
 
 
 def role_of(response) -> str:
-    return {"tiny-colours/0.0.1": "served", "tiny-colours/0.1.0": "candidate"}[response.headers["X-Model-Version"]]
+    return ROLES[response.headers["X-Model-Version"]]
 
 
 def give_feedback(client, response, truth: str) -> None:
@@ -162,7 +166,7 @@ def test_a_bad_candidate_setting_is_refused(name, raw, says):
 def test_a_candidate_that_is_the_served_model_is_refused_at_start(make_app, tiny_model_path, tmp_path):
     twin = tmp_path / "twin.zip"
     shutil.copyfile(tiny_model_path, twin)
-    with pytest.raises(ModelContractError, match=r"twin.zip is tiny-colours 0.0.1, the model MODEL_PATH serves"):
+    with pytest.raises(ModelContractError, match=r"twin.zip is tiny-colours 0.0.1, the model MODEL_PATH"):
         make_app(CANDIDATE_MODEL_PATH=str(twin))
 
 
@@ -174,9 +178,11 @@ def test_no_candidate_file_means_no_candidate(make_app, tmp_path, caplog):
     assert client.get("/monitoring").get_json()["candidate"] is None
 
 
-def test_the_candidate_is_served_by_the_same_engine_rules(make_app, tiny_model_path, candidate_path, tmp_path):
+def test_the_candidate_is_served_by_the_same_engine_rules(make_app, tiny_model_path, candidate_path,
+                                                         tmp_path):
     served_copy = export_onnx(tiny_model_path, tmp_path / "served.onnx")
-    with pytest.raises(ModelContractError, match="INFERENCE_ENGINE=onnxruntime, but .*candidate.onnx does not exist"):
+    refusal = "INFERENCE_ENGINE=onnxruntime, but .*candidate.onnx does not exist"
+    with pytest.raises(ModelContractError, match=refusal):
         make_app(ONNX_MODEL_PATH=str(served_copy), INFERENCE_ENGINE="onnxruntime",
                  CANDIDATE_MODEL_PATH=str(candidate_path))
     folder = tmp_path / "candidate"
@@ -194,7 +200,8 @@ def test_the_candidate_is_served_by_the_same_engine_rules(make_app, tiny_model_p
 
 def test_shadow_answers_with_the_served_model_and_scores_both(make_app, candidate_path):
     client = make_app(CANDIDATE_MODEL_PATH=str(candidate_path), CANDIDATE_SHARE=1).test_client()
-    plan = [(BLUE, "teal")] * MIN_FEEDBACK + [(RED, "red")] * 4 + [(GREY, "green")] * 3 + [(RED, None), (BLUE, None)]
+    plan = [(BLUE, "teal")] * MIN_FEEDBACK + [(RED, "red")] * 4 + [(GREY, "green")] * 3
+    plan += [(RED, None), (BLUE, None)]
     seen = []
     for colour, truth in plan:
         response = answer(client, colour)
@@ -213,7 +220,8 @@ def test_shadow_answers_with_the_served_model_and_scores_both(make_app, candidat
     # Only the candidate was right on the blue images ("teal"), neither on grey, both on red.
     assert candidate["verdict"]["decision"] == PROMOTE
     assert candidate["verdict"]["p_value"] == pytest.approx(2 * 0.5 ** MIN_FEEDBACK)
-    assert f"only the candidate was right on {MIN_FEEDBACK}, only the served model on 0" in candidate["verdict"]["reason"]
+    counts = f"only the candidate was right on {MIN_FEEDBACK}, only the served model on 0"
+    assert counts in candidate["verdict"]["reason"]
     assert "McNemar" in candidate["verdict"]["rule"]
 
 
@@ -235,9 +243,11 @@ def test_a_shadowed_batch_names_its_model_and_records_each_image(make_app, candi
     assert response.status_code == 200 and response.headers["X-Model-Version"] == "tiny-colours/0.0.1"
     records.flush(app)
     with db.get_database(app).engine.connect() as connection:
-        rows = connection.execute(select(db.predictions).order_by(db.predictions.c.shadow, db.predictions.c.item)).all()
+        order = (db.predictions.c.shadow, db.predictions.c.item)
+        rows = connection.execute(select(db.predictions).order_by(*order)).all()
     assert [(row.item, row.model_version, row.label, row.shadow) for row in rows] == [
-        (0, "0.0.1", "red", False), (2, "0.0.1", "blue", False), (0, "0.1.0", "red", True), (2, "0.1.0", "teal", True)]
+        (0, "0.0.1", "red", False), (2, "0.0.1", "blue", False),
+        (0, "0.1.0", "red", True), (2, "0.1.0", "teal", True)]
     assert {row.request_id for row in rows} == {response.headers["X-Request-ID"]}
     # The image is kept once, with the answer the client got; export-feedback writes it once.
     assert [row.image is not None for row in rows] == [True, True, False, False]
@@ -250,15 +260,20 @@ def test_feedback_takes_the_candidates_new_class(make_app, candidate_path):
     sent = client.post("/feedback", json={"request_id": response.headers["X-Request-ID"], "label": "teal"})
     assert sent.get_json() == {"request_id": response.headers["X-Request-ID"], "item": 0, "label": "teal",
                                "predicted": "blue", "correct": False, "replaced": None}
-    refused = client.post("/feedback", json={"request_id": response.headers["X-Request-ID"], "label": "mauve"})
+    refused = client.post("/feedback", json={"request_id": sent.get_json()["request_id"], "label": "mauve"})
     assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "unknown_label"
 
 
 # --- Canary --------------------------------------------------------------------------------
 
 
+def canary_client(make_app, candidate_path):
+    app = make_app(CANDIDATE_MODEL_PATH=str(candidate_path), CANDIDATE_MODE="canary", CANDIDATE_SHARE=0.5)
+    return app.test_client()
+
+
 def test_canary_answers_its_share_with_the_candidate(make_app, candidate_path):
-    client = make_app(CANDIDATE_MODEL_PATH=str(candidate_path), CANDIDATE_MODE="canary", CANDIDATE_SHARE=0.5).test_client()
+    client = canary_client(make_app, candidate_path)
     seen = []
     for index in range(60):
         colour, truth = (BLUE, "teal") if index % 3 else (GREY, None)
@@ -278,7 +293,7 @@ def test_canary_answers_its_share_with_the_candidate(make_app, candidate_path):
 
 
 def test_canary_is_sticky_per_client_and_judged_on_each_models_answers(make_app, candidate_path):
-    client = make_app(CANDIDATE_MODEL_PATH=str(candidate_path), CANDIDATE_MODE="canary", CANDIDATE_SHARE=0.5).test_client()
+    client = canary_client(make_app, candidate_path)
     seen, by_client, index = [], {}, 0
     verdicts = []
     # Blue images: only the candidate says "teal", which users say is right.
@@ -288,7 +303,8 @@ def test_canary_is_sticky_per_client_and_judged_on_each_models_answers(make_app,
         for _ in range(2):  # the same client, the same model, whichever worker
             response = answer(client, BLUE, headers={"X-Client-ID": client_id})
             by_client.setdefault(client_id, set()).add(role_of(response))
-            seen.append(Seen(role_of(response), response.get_json()["label"], response.get_json()["score"], truth="teal"))
+            body = response.get_json()
+            seen.append(Seen(role_of(response), body["label"], body["score"], truth="teal"))
             give_feedback(client, response, "teal")
         verdicts.append(client.get("/monitoring").get_json()["candidate"]["verdict"]["decision"])
     assert all(len(models) == 1 for models in by_client.values()), by_client
@@ -302,7 +318,8 @@ def judged_fewest(seen: list[Seen]) -> int:
     """The fewer of the two models' answers with feedback that the canary's verdict weighs."""
     if not any(s.model == "candidate" for s in seen):
         return 0
-    return min(figures["feedback"]["total"] for figures in expected_figures(seen, "canary")["models"].values())
+    models = expected_figures(seen, "canary")["models"].values()
+    return min(figures["feedback"]["total"] for figures in models)
 
 
 def test_monitoring_and_metrics_agree(make_app, candidate_path):
@@ -314,19 +331,20 @@ def test_monitoring_and_metrics_agree(make_app, candidate_path):
     served, mine = candidate["models"]["served"], candidate["models"]["candidate"]
 
     def value(name, **labels):
-        return metric(metrics, name, **labels)
+        return pytest.approx(metric(metrics, name, **labels))
 
     own = {"model": "tiny-colours", "version": "0.1.0"}
     assert value("monitoring_candidate_compared", **own) == candidate["compared"] == 3
-    assert value("monitoring_candidate_agreement", **own) == pytest.approx(candidate["agreement"])
+    assert value("monitoring_candidate_agreement", **own) == candidate["agreement"]
     assert value("monitoring_candidate_verdict", decision=WAIT, **own) == 1
     assert value("monitoring_candidate_verdict", decision=PROMOTE, **own) == 0
     for role, figures in (("served", served), ("candidate", mine)):
         labels = {"model": "tiny-colours", "version": figures["version"], "role": role}
-        assert value("monitoring_candidate_feedback_accuracy", **labels) == pytest.approx(figures["feedback"]["accuracy"])
-        assert value("monitoring_candidate_feedback_answers", **labels) == figures["feedback"]["total"] == 3
-        assert value("monitoring_candidate_low_confidence_share", **labels) == pytest.approx(figures["low_confidence"]["share"])
-        assert value("monitoring_candidate_latency_ms", quantile="0.95", **labels) == pytest.approx(figures["latency_ms"]["p95"])
+        feedback, low, latency = figures["feedback"], figures["low_confidence"], figures["latency_ms"]
+        assert value("monitoring_candidate_feedback_accuracy", **labels) == feedback["accuracy"]
+        assert value("monitoring_candidate_feedback_answers", **labels) == feedback["total"] == 3
+        assert value("monitoring_candidate_low_confidence_share", **labels) == low["share"]
+        assert value("monitoring_candidate_latency_ms", quantile="0.95", **labels) == latency["p95"]
 
 
 def test_every_answer_names_its_model(make_app):
@@ -360,7 +378,8 @@ def test_mcnemars_exact_test(b, c):
     assert mcnemar_p(b, c) == pytest.approx(exact_binomial_two_sided(b, c), rel=1e-9)
 
 
-@pytest.mark.parametrize("table", [(1, 9, 11, 3), (8, 2, 1, 5), (30, 0, 0, 30), (25, 5, 20, 10), (90, 10, 85, 15), (0, 0, 3, 4)])
+@pytest.mark.parametrize("table", [(1, 9, 11, 3), (8, 2, 1, 5), (30, 0, 0, 30), (25, 5, 20, 10),
+                                   (90, 10, 85, 15), (0, 0, 3, 4)])
 def test_fishers_exact_test(table):
     assert fisher_p(*table) == pytest.approx(exact_fisher_two_sided(*table), rel=1e-9)
 
@@ -380,8 +399,11 @@ def test_the_verdict_waits_for_its_evidence_and_names_the_better_model():
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
-def test_a_version_1_database_is_migrated_and_keeps_its_rows(request, dialect, tiny_model_path, tmp_path, make_app):
-    url = f"sqlite:///{tmp_path / 'old.sqlite'}" if dialect == "sqlite" else request.getfixturevalue("postgres").new_database()
+def test_a_version_1_database_is_migrated_and_keeps_its_rows(request, dialect, tmp_path, make_app):
+    if dialect == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
     engine = create_engine(db.database_url({"DATABASE_URL": url}, str(tmp_path)))
     old = MetaData()  # the predictions table as version 1 made it
     predictions = Table("predictions", old, *(column._copy() for column in db.predictions.columns

@@ -50,8 +50,8 @@ ROLES = {"tiny-colours/0.0.1": "served", "tiny-colours/0.1.0": "candidate"}
 
 
 def feedback(url: str, request_id: str, truth: str) -> None:
-    status, body = send(url, "POST", "/feedback", json.dumps({"request_id": request_id, "label": truth}).encode(),
-                        {"Content-Type": "application/json"})
+    body = json.dumps({"request_id": request_id, "label": truth}).encode()
+    status, body = send(url, "POST", "/feedback", body, {"Content-Type": "application/json"})
     assert status == 200, body
 
 
@@ -73,23 +73,26 @@ def settled_report(url: str, seen: list[Seen], mode: str) -> dict:
 
 
 def test_shadow_on_the_procfile_server(tmp_path, tiny_model_path, candidate_path):
-    env = {"MODEL_PATH": str(tiny_model_path), "CANDIDATE_MODEL_PATH": str(candidate_path), "CANDIDATE_SHARE": "1",
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'monitoring.sqlite'}"}
+    env = {"MODEL_PATH": str(tiny_model_path), "CANDIDATE_MODEL_PATH": str(candidate_path),
+           "CANDIDATE_SHARE": "1", "DATABASE_URL": f"sqlite:///{tmp_path / 'monitoring.sqlite'}"}
     plan = [(BLUE, "teal")] * MIN_FEEDBACK + [(RED, "red")] * 4 + [(GREY, "green")] * 3 + [(RED, None)] * 2
     seen = []
     with procfile_server(env=env, log_path=tmp_path / "server.log") as (url, _):
         for colour, truth in plan:
             version, request_id, body = predict(url, colour)
-            assert ROLES[version] == "served" and body == model_answer(image_bytes(colour=colour), tiny_model_path)
+            assert ROLES[version] == "served"
+            assert body == model_answer(image_bytes(colour=colour), tiny_model_path)
             shadow = model_answer(image_bytes(colour=colour), candidate_path)
-            seen.append(Seen("served", body["label"], body["score"], (shadow["label"], shadow["score"]), truth))
+            shadow = (shadow["label"], shadow["score"])
+            seen.append(Seen("served", body["label"], body["score"], shadow, truth))
             if truth:  # at once: the shadow's record may not be written yet, and it is still scored
                 feedback(url, request_id, truth)
         candidate = settled_report(url, seen, "shadow")
         check_report(candidate, seen, "shadow", 1.0)
         assert candidate["verdict"]["decision"] == PROMOTE
         metrics = send(url, "GET", "/metrics")[1].decode()
-        assert f'monitoring_candidate_compared{{model="tiny-colours",version="0.1.0"}} {float(len(plan))}' in metrics
+        compared = 'monitoring_candidate_compared{model="tiny-colours",version="0.1.0"}'
+        assert f"{compared} {float(len(plan))}" in metrics
 
 
 def test_canary_on_the_procfile_server(tmp_path, tiny_model_path, candidate_path):
@@ -132,8 +135,9 @@ def test_promote_and_rollback_under_load_lose_no_request(tmp_path, tiny_model_pa
     export_onnx(served, tmp_path / "model.onnx")
     candidate = shutil.copyfile(candidate_path, tmp_path / "candidate.zip")
     export_onnx(candidate, tmp_path / "candidate.onnx")
-    env = {"MODEL_PATH": str(served), "ONNX_MODEL_PATH": str(tmp_path / "model.onnx"), "INFERENCE_ENGINE": "onnxruntime",
-           "CANDIDATE_MODEL_PATH": str(candidate), "CANDIDATE_MODE": "canary", "CANDIDATE_SHARE": "0.5",
+    env = {"MODEL_PATH": str(served), "ONNX_MODEL_PATH": str(tmp_path / "model.onnx"),
+           "INFERENCE_ENGINE": "onnxruntime", "CANDIDATE_MODEL_PATH": str(candidate),
+           "CANDIDATE_MODE": "canary", "CANDIDATE_SHARE": "0.5",
            "DATABASE_URL": f"sqlite:///{tmp_path / 'db' / 'monitoring.sqlite'}"}
 
     def request(_thread: int, _index: int):
@@ -145,7 +149,8 @@ def test_promote_and_rollback_under_load_lose_no_request(tmp_path, tiny_model_pa
     with procfile_server(env=env, log_path=tmp_path / "server.log") as (url, master):
         workers = wait_for_workers(master.pid, 2)
         with Load(request, threads=3) as load:
-            wait_until(lambda: {o.kind for o in load.outcomes} == {"served", "candidate"}, what="both models answering")
+            both = {"served", "candidate"}
+            wait_until(lambda: set(answers_since(load, 0)) == both, what="both models answering")
             promoted = run_command("promote", env, master.pid)
             assert promoted.returncode == 0, promoted.stderr
             workers = wait_for_workers(master.pid, 2, exclude=workers)
@@ -167,4 +172,5 @@ def test_promote_and_rollback_under_load_lose_no_request(tmp_path, tiny_model_pa
     assert set(after_promotion) == {"candidate"}
     assert (health["version"], health["engine"]) == ("0.1.0", "onnxruntime")
     assert report["model"]["version"] == "0.1.0" and report["candidate"] is None
-    assert candidate.read_bytes() == candidate_path.read_bytes() and served.read_bytes() == tiny_model_path.read_bytes()
+    assert candidate.read_bytes() == candidate_path.read_bytes()
+    assert served.read_bytes() == tiny_model_path.read_bytes()

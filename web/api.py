@@ -237,7 +237,7 @@ def _name_the_model(model, response: Response) -> Response:
 
 
 def _shadow_after_the_answer(candidate, images, top_k: int, response: Response) -> Response:
-    """The candidate classifies the request's images once its answer has been sent (at the response's close)."""
+    """The candidate classifies the request's images once the answer is sent (at the response's close)."""
     app, rid = current_app._get_current_object(), request_id()
 
     def shadow():

@@ -104,7 +104,7 @@ def rollback_command(pid: int | None, pidfile: str | None) -> None:
     served = model_files(config["MODEL_PATH"], config["ONNX_MODEL_PATH"])
     previous = previous_files(served)
     if not previous[0].is_file():
-        raise click.ClickException(f"Nothing to roll back: {previous[0]} does not exist (promote keeps it there).")
+        raise click.ClickException(f"Nothing to roll back: {previous[0]} does not exist (promote keeps it).")
     candidate = model_files(config["CANDIDATE_MODEL_PATH"], candidate_onnx_path(config)) \
         if config["CANDIDATE_MODEL_PATH"] else []
     serve_files(previous, served, pid, pidfile, "rolled back", displaced=candidate, move=True)

@@ -93,7 +93,7 @@ schema_version = Table(
 
 
 def _shadow_answers(connection: Connection) -> None:
-    """Version 3: a candidate's shadow answer beside each answer (one of each per image), and each model's time."""
+    """Version 3: a candidate's shadow answer beside each answer (one of each per image), and times."""
     connection.execute(text("ALTER TABLE predictions ADD COLUMN shadow BOOLEAN DEFAULT false NOT NULL"))
     connection.execute(text("ALTER TABLE predictions ADD COLUMN latency_ms FLOAT"))
     key, widened = "UNIQUE (request_id, item)", "UNIQUE (request_id, item, shadow)"

@@ -131,7 +131,7 @@ class Figures(Schema):
     predictions = fields.Nested(Predictions, required=True)
     feedback = fields.Nested(FeedbackFigures, required=True)
     low_confidence = fields.Nested(LowConfidence, required=True)
-    latency_ms = fields.Nested(Latency, required=True, metadata={"description": "The model's time per image."})
+    latency_ms = fields.Nested(Latency, required=True, metadata={"description": "The model's time per image"})
 
 
 class ModelFigures(Figures, ModelName):
@@ -162,8 +162,8 @@ class Report(Figures):
     model = fields.Nested(ModelName, required=True)
     window = fields.Nested(Window, required=True)
     drift = fields.Nested(Drift, required=True)
-    candidate = fields.Nested(CandidateReport, required=True, allow_none=True,
-                              metadata={"description": "The candidate model against the served one; null without one."})
+    candidate = fields.Nested(CandidateReport, required=True, allow_none=True, metadata={
+        "description": "The candidate model against the served one; null without one."})
 
 
 @monitoring.post("/feedback")
@@ -219,7 +219,8 @@ def give_feedback(connection, request_id: str, item: int, label: str) -> dict | 
     table = db.predictions
     where = and_(table.c.request_id == request_id, table.c.item == item)
     # The answer the client saw first, before a shadow's.
-    row = connection.execute(select(table.c.label, table.c.feedback_label).where(where).order_by(table.c.shadow)).first()
+    query = select(table.c.label, table.c.feedback_label).where(where).order_by(table.c.shadow)
+    row = connection.execute(query).first()
     if row is None:
         return None
     connection.execute(
@@ -273,7 +274,8 @@ def window_report(connection, classifier, seconds: int) -> dict:
         "model": {"name": model.name, "version": model.version},
         "window": {"seconds": seconds, "since": _iso(since), "until": _iso(until)},
         **figures,
-        "drift": _drift(model, classifier.labels, figures["predictions"]["by_label"], float(config["DRIFT_THRESHOLD"])),
+        "drift": _drift(model, classifier.labels, figures["predictions"]["by_label"],
+                        float(config["DRIFT_THRESHOLD"])),
         "candidate": candidate_report(connection, model, since, threshold),
     }
 
@@ -282,7 +284,8 @@ def _of_model(model, since, paired_with=None) -> list:
     """The conditions for ``model``'s predictions since ``since``; with ``paired_with``, only the
     images that model classified too."""
     table = db.predictions
-    where = [table.c.model_name == model.name, table.c.model_version == model.version, table.c.created_at >= since]
+    where = [table.c.model_name == model.name, table.c.model_version == model.version,
+             table.c.created_at >= since]
     if paired_with is not None:
         other = table.alias("other")
         where.append(exists().where(other.c.request_id == table.c.request_id, other.c.item == table.c.item,
@@ -306,12 +309,13 @@ def model_figures(connection, where: list, threshold: float) -> dict:
         .where(*where)
         .group_by(table.c.label)
     ).all()
-    total, low, answered, correct, timed = (sum(int(row[column] or 0) for row in rows) for column in range(1, 6))
+    total, low, answered, correct, timed = (sum(int(row[i] or 0) for row in rows) for i in range(1, 6))
     return {
         "predictions": {"total": total, "by_label": {label: int(count) for label, count, *_ in sorted(rows)}},
         "feedback": _accuracy(correct, answered),
         "low_confidence": {"threshold": threshold, "total": low, "share": low / total if total else None},
-        "latency_ms": {"p50": _percentile(connection, where, timed, 0.5), "p95": _percentile(connection, where, timed, 0.95)},
+        "latency_ms": {key: _percentile(connection, where, timed, quantile)
+                       for key, quantile in (("p50", 0.5), ("p95", 0.95))},
     }
 
 
@@ -334,7 +338,7 @@ def candidate_report(connection, served, since, threshold: float) -> dict | None
     if candidate is None:
         return None
     config, candidate = current_app.config, candidate.model
-    compared, agreed, answered, *right, served_only, candidate_only = _pairs(connection, served, candidate, since)
+    compared, agreed, answered, *right, served_only, only = _pairs(connection, served, candidate, since)
     if config["CANDIDATE_MODE"] == "shadow":
         pairs = {"served": (served, candidate), "candidate": (candidate, served)}
     else:  # each model's own answers, over the same time: from the candidate's first
@@ -350,7 +354,7 @@ def candidate_report(connection, served, since, threshold: float) -> dict | None
         if other is not None:  # the feedback on the answer, which may have come before the shadow's record
             models[role]["feedback"] = _accuracy(correct, answered)
     if config["CANDIDATE_MODE"] == "shadow":
-        verdict = paired_verdict(answered, served_only, candidate_only)
+        verdict = paired_verdict(answered, served_only, only)
     else:
         mine, theirs = models["served"]["feedback"], models["candidate"]["feedback"]
         verdict = unpaired_verdict(mine["correct"], mine["total"], theirs["correct"], theirs["total"])
@@ -374,8 +378,9 @@ def _pairs(connection, served, candidate, since) -> list[int]:
         count(truth == mine.c.label), count(truth == theirs.c.label),
         count(and_(truth == mine.c.label, truth != theirs.c.label)),
         count(and_(truth == theirs.c.label, truth != mine.c.label)),
-    ).where(mine.c.model_name == served.name, mine.c.model_version == served.version, mine.c.created_at >= since,
-            theirs.c.model_name == candidate.name, theirs.c.model_version == candidate.version,
+    ).where(mine.c.model_name == served.name, mine.c.model_version == served.version,
+            mine.c.created_at >= since, theirs.c.model_name == candidate.name,
+            theirs.c.model_version == candidate.version,
             theirs.c.request_id == mine.c.request_id, theirs.c.item == mine.c.item)).one()
     return [int(value or 0) for value in row]
 
@@ -450,11 +455,12 @@ def _window_families(report: dict) -> list:
 
 
 def _candidate_families(candidate: dict | None, window: str) -> list:
-    """/monitoring's ``candidate`` as gauges: the comparison's under the candidate's name, each model's by role."""
+    """/monitoring's ``candidate`` as gauges: the comparison under the candidate's name, models by role."""
     if candidate is None:
         return []
     own, verdict = [candidate["model"]["name"], candidate["model"]["version"]], candidate["verdict"]
-    models = [([figures["name"], figures["version"], role], figures) for role, figures in candidate["models"].items()]
+    models = [([figures["name"], figures["version"], role], figures)
+              for role, figures in candidate["models"].items()]
 
     def family(name: str, documentation: str, labels: list, samples):
         found = GaugeMetricFamily(name, documentation + window + ".", labels=["model", "version", *labels])
@@ -464,23 +470,26 @@ def _candidate_families(candidate: dict | None, window: str) -> list:
         return found
 
     return [
-        family("monitoring_candidate_compared", "Images both the served and the candidate model classified", [],
-               [(own, candidate["compared"])]),
+        family("monitoring_candidate_compared", "Images both the served and the candidate model classified",
+               [], [(own, candidate["compared"])]),
         family("monitoring_candidate_agreement", "Share of those with the same top-1 label", [],
                [(own, candidate["agreement"])]),
-        family("monitoring_candidate_verdict", "1 for the verdict on the candidate (docs/monitoring.md)", ["decision"],
-               [(own + [decision], int(decision == verdict["decision"])) for decision in (PROMOTE, KEEP, WAIT)]),
-        family("monitoring_candidate_p_value", "The p-value of the verdict's test", [], [(own, verdict["p_value"])]),
-        family("monitoring_candidate_feedback_answers", "Compared predictions with feedback, by model", ["role"],
-               [(values, figures["feedback"]["total"]) for values, figures in models]),
-        family("monitoring_candidate_feedback_accuracy", "Their share users said was right, by model", ["role"],
-               [(values, figures["feedback"]["accuracy"]) for values, figures in models]),
+        family("monitoring_candidate_verdict", "1 for the verdict on the candidate (docs/monitoring.md)",
+               ["decision"], [(own + [choice], int(choice == verdict["decision"]))
+                              for choice in (PROMOTE, KEEP, WAIT)]),
+        family("monitoring_candidate_p_value", "The p-value of the verdict's test", [],
+               [(own, verdict["p_value"])]),
+        family("monitoring_candidate_feedback_answers", "Compared predictions with feedback, by model",
+               ["role"], [(values, figures["feedback"]["total"]) for values, figures in models]),
+        family("monitoring_candidate_feedback_accuracy", "Their share users said was right, by model",
+               ["role"], [(values, figures["feedback"]["accuracy"]) for values, figures in models]),
         family("monitoring_candidate_low_confidence_share",
                "Share of compared predictions under LOW_CONFIDENCE_THRESHOLD, by model", ["role"],
                [(values, figures["low_confidence"]["share"]) for values, figures in models]),
-        family("monitoring_candidate_latency_ms", "The model's time per image, by model", ["role", "quantile"],
-               [(values + [quantile], figures["latency_ms"][key]) for values, figures in models
-                for key, quantile in (("p50", "0.5"), ("p95", "0.95"))]),
+        family("monitoring_candidate_latency_ms", "The model's time per image, by model",
+               ["role", "quantile"], [(values + [quantile], figures["latency_ms"][key])
+                                      for values, figures in models
+                                      for key, quantile in (("p50", "0.5"), ("p95", "0.95"))]),
     ]
 
 

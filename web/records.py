@@ -55,8 +55,8 @@ RECORDS_LOST = Counter("prediction_records_lost",
                        ["reason"])
 
 _INSERT = insert(db.predictions)  # built once; SQLAlchemy caches its compiled form
-_COLUMNS = ("request_id", "item", "created_at", "model_name", "model_version", "label", "score", "top", "shadow",
-            "latency_ms", "image")
+_COLUMNS = ("request_id", "item", "created_at", "model_name", "model_version", "label", "score", "top",
+            "shadow", "latency_ms", "image")
 
 
 WRITER_KEY = "prediction_record_writer"
@@ -82,7 +82,8 @@ def record_predictions(classifier, images: Sequence, results: Sequence, seconds:
     config = current_app.config
     if not answered or not config["RECORD_PREDICTIONS"]:
         return
-    now, rid, keep = db.utcnow(), request_id(), config["KEEP_IMAGES"] and not shadow  # the answer's row has it
+    now, rid = db.utcnow(), request_id()
+    keep = config["KEEP_IMAGES"] and not shadow  # the answer's row has the image
     latency_ms = None if seconds is None else seconds * 1000 / len(answered)
     writer(current_app).submit([
         Record(rid, item, now, name, version, prediction.top[0][0], prediction.top[0][1],

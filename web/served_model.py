@@ -64,7 +64,7 @@ def when_run_from_flask_cli() -> dict | None:
 
 
 def load(app: Flask) -> Classifier:
-    """Load, check and warm up the model, and the candidate if any; a bad file stops start-up with the reason."""
+    """Load, check and warm up the model and any candidate; a bad file stops start-up with the reason."""
     classifier = _setup("model", app.config["MODEL_PATH"], app.config)
     # Observed from here on: the warm-up and smoke test are not served inferences.
     classifier.on_inference = telemetry.observe_inference
@@ -77,9 +77,9 @@ def load(app: Flask) -> Classifier:
 def _setup(role: str, path, config, onnx_path: str | None = None) -> Classifier:
     classifier = Classifier.setup(path, **setup_options(config, onnx_path=onnx_path))
     model = classifier.model
-    log.info("%s %s %s loaded in %.2fs (%d classes, %s engine, %d threads; %s)", role, model.name, model.version,
-             model.load_seconds, len(classifier.labels), classifier.engine.name, config["TORCH_THREADS"],
-             classifier.engine_reason)
+    log.info("%s %s %s loaded in %.2fs (%d classes, %s engine, %d threads; %s)", role, model.name,
+             model.version, model.load_seconds, len(classifier.labels), classifier.engine.name,
+             config["TORCH_THREADS"], classifier.engine_reason)
     return classifier
 
 
@@ -97,9 +97,9 @@ def load_candidate(config, served: Classifier) -> Classifier | None:
     candidate = _setup("candidate", path, config, candidate_onnx_path(config))
     if (candidate.model.name, candidate.model.version) == (served.model.name, served.model.version):
         raise ModelContractError(
-            f"CANDIDATE_MODEL_PATH {path} is {served.model.name} {served.model.version}, the model MODEL_PATH "
-            "serves: a candidate needs a version of its own (export it with another model_version), "
-            "or unset CANDIDATE_MODEL_PATH.")
+            f"CANDIDATE_MODEL_PATH {path} is {served.model.name} {served.model.version}, the model "
+            "MODEL_PATH serves: a candidate needs a version of its own (export it with another "
+            "model_version), or unset CANDIDATE_MODEL_PATH.")
     return candidate
 
 
@@ -120,7 +120,8 @@ def models_for_request() -> tuple[Classifier, Classifier | None]:
     """
     served, candidate, config = get_classifier(), loaded_candidate(), current_app.config
     canary = config["CANDIDATE_MODE"] == "canary"
-    if candidate is None or not _drawn(config["CANDIDATE_SHARE"], canary and request.headers.get(CLIENT_ID_HEADER)):
+    client_id = canary and request.headers.get(CLIENT_ID_HEADER)
+    if candidate is None or not _drawn(config["CANDIDATE_SHARE"], client_id):
         return served, None
     return (candidate, None) if canary else (served, candidate)
 
@@ -158,7 +159,7 @@ def classifier_for_command() -> Classifier:
 
 
 def setup_options(config, threads: int | None = None, onnx_path: str | None = None) -> dict:
-    """The settings ``Classifier.setup`` takes, from the app's config (``onnx_path``: another model's copy)."""
+    """The settings ``Classifier.setup`` takes, from the app's config (``onnx_path``: another model's)."""
     return {
         "max_pixels": config["MAX_IMAGE_PIXELS"],
         "threads": threads or config["TORCH_THREADS"],

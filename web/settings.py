@@ -170,8 +170,8 @@ SETTINGS: tuple[Setting, ...] = (
             "empty: no switch."),
     # A candidate model beside the served one (docs/model.md#a-candidate-model-shadow-and-canary)
     Setting("CANDIDATE_MODEL_PATH", "", text,
-            "A second model file tried on live traffic beside MODEL_PATH (its ONNX copy: the same name with .onnx); "
-            "unset, or no such file: no candidate."),
+            "A second model file tried on live traffic beside MODEL_PATH (its ONNX copy: the same name "
+            "with .onnx); unset, or no such file: no candidate."),
     Setting("CANDIDATE_MODE", "shadow", choice(*CANDIDATE_MODES),
             "shadow: the candidate also classifies CANDIDATE_SHARE of requests, the served model answers; "
             "canary: the candidate answers that share."),
