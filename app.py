@@ -12,7 +12,7 @@ from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from web import api_spec, monitoring, served_model, telemetry
-from web.api import InMemoryUploadRequest, api
+from web.api import MODEL_VERSION_HEADER, InMemoryUploadRequest, api
 from web.cli import register_commands
 from web.device import device
 from web.errors import register_error_handlers
@@ -36,7 +36,8 @@ def create_app(config: dict | None = None) -> Flask:
     telemetry.init_app(app)
     # Read as the front reads it (web/settings.py), so that nginx's own answers and the app's allow the same origins.
     origins = app.config["CORS_ORIGINS"]
-    CORS(app, origins="*" if origins == ("*",) else list(origins), expose_headers=[telemetry.REQUEST_ID_HEADER])
+    CORS(app, origins="*" if origins == ("*",) else list(origins),
+         expose_headers=[telemetry.REQUEST_ID_HEADER, MODEL_VERSION_HEADER])
     monitoring.init_app(app)
     register_commands(app)
     served_model.init_app(app)

@@ -349,7 +349,9 @@ def test_monitoring_and_metrics_agree(make_app, candidate_path):
 
 def test_every_answer_names_its_model(make_app):
     client = make_app().test_client()
-    assert answer(client, RED).headers["X-Model-Version"] == "tiny-colours/0.0.1"
+    response = answer(client, RED, headers={"Origin": "https://elsewhere.example"})
+    assert response.headers["X-Model-Version"] == "tiny-colours/0.0.1"
+    assert "x-model-version" in response.headers["Access-Control-Expose-Headers"].lower()  # a page may read it
     body, content_type = form_body([("a.png", image_bytes(colour=RED))])
     batch = client.post("/predict/batch", data=body, content_type=content_type)
     assert batch.headers["X-Model-Version"] == "tiny-colours/0.0.1"

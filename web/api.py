@@ -34,7 +34,7 @@ from classifier.pipeline import Prediction
 from .api_spec import Blueprint, Label, Schema, Setting, TopK
 from .errors import ApiError, error_body
 from .records import record_predictions
-from .served_model import get_classifier, loaded_classifier, models_for_request
+from .served_model import CLIENT_ID_HEADER, get_classifier, loaded_classifier, models_for_request
 from .telemetry import request_id
 
 api = Blueprint("api", __name__, description="Classify images, and the served model")
@@ -54,6 +54,8 @@ MODEL_VERSION_HEADER = "X-Model-Version"
 _ANSWER_HEADERS = {MODEL_VERSION_HEADER: {
     "description": "The model that gave this answer: its name and version, as name/version.",
     "schema": {"type": "string"}}}
+CLIENT_ID = {"in": "header", "name": CLIENT_ID_HEADER, "required": False, "schema": {"type": "string"},
+             "description": "With a candidate model in canary mode, the same id gets the same model."}
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,7 @@ class ModelInfo(Schema):
 
 
 @api.post("/predict")
-@api.doc(parameters=[{"in": "query", "schema": TopQuery}], requestBody=IMAGE_BODY)
+@api.doc(parameters=[{"in": "query", "schema": TopQuery}, CLIENT_ID], requestBody=IMAGE_BODY)
 @api.response(200, PredictionResult, headers=_ANSWER_HEADERS)
 @api.errors(*_PREDICTION_ERRORS)
 @api_key_required
@@ -179,7 +181,7 @@ def predict():
 
 
 @api.post("/predict/batch")
-@api.doc(parameters=[{"in": "query", "schema": TopQuery}], requestBody=BATCH_BODY)
+@api.doc(parameters=[{"in": "query", "schema": TopQuery}, CLIENT_ID], requestBody=BATCH_BODY)
 @api.response(200, BatchResults, description="One result per file, in order.", headers=_ANSWER_HEADERS)
 @api.errors(*_PREDICTION_ERRORS, "too_many_files")
 @api_key_required
