@@ -17,7 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Index, MetaData, Table, UniqueConstraint, create_engine, insert, select, text
+from sqlalchemy import Index, MetaData, Table, UniqueConstraint, create_engine, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from app import create_app
