@@ -345,6 +345,12 @@ def test_monitoring_and_metrics_agree(make_app, candidate_path):
         assert value("monitoring_candidate_feedback_answers", **labels) == feedback["total"] == 3
         assert value("monitoring_candidate_low_confidence_share", **labels) == low["share"]
         assert value("monitoring_candidate_latency_ms", quantile="0.95", **labels) == latency["p95"]
+        assert value("monitoring_candidate_feedback_correct", **labels) == feedback["correct"]
+        for label, count in figures["predictions"]["by_label"].items():
+            assert value("monitoring_candidate_window_predictions", label=label, **labels) == count
+    report = client.get("/monitoring").get_json()
+    served_model = {"model": "tiny-colours", "version": "0.0.1"}
+    assert value("monitoring_latency_ms", quantile="0.5", **served_model) == report["latency_ms"]["p50"]
 
 
 def test_every_answer_names_its_model(make_app):

@@ -426,71 +426,63 @@ def scrape_figures() -> bytes:
     return generate_latest(registry)
 
 
+_FIGURES = (  # a model's figures as gauges: name, what, its value
+    ("feedback_answers", "Predictions with user feedback", lambda figures: figures["feedback"]["total"]),
+    ("feedback_correct", "Predictions users said were right", lambda figures: figures["feedback"]["correct"]),
+    ("feedback_accuracy", "Share of answered predictions users said were right",
+     lambda figures: figures["feedback"]["accuracy"]),
+    ("low_confidence_share", "Share of predictions scored under LOW_CONFIDENCE_THRESHOLD",
+     lambda figures: figures["low_confidence"]["share"]),
+)
+
+
 def _window_families(report: dict) -> list:
-    model = report["model"]
-    keys = ["model", "version"]
-    values = [model["name"], model["version"]]
-    window = f" over the last MONITORING_WINDOW ({report['window']['seconds']}s)"
-
-    def gauge(name: str, documentation: str, value, extra: dict | None = None):
-        family = GaugeMetricFamily(name, documentation + window + ".", labels=keys + list(extra or {}))
-        if value is not None:
-            family.add_metric(values + list((extra or {}).values()), value)
-        return family
-
-    by_label = GaugeMetricFamily("monitoring_window_predictions", "Recorded predictions by predicted label" + window + ".",
-                                 labels=keys + ["label"])
-    for label, count in report["predictions"]["by_label"].items():
-        by_label.add_metric(values + [label], count)
-    feedback, low, drift = report["feedback"], report["low_confidence"], report["drift"]
-    return [
-        by_label,
-        gauge("monitoring_feedback_answers", "Predictions with user feedback", feedback["total"]),
-        gauge("monitoring_feedback_correct", "Predictions users said were right", feedback["correct"]),
-        gauge("monitoring_feedback_accuracy", "Share of answered predictions users said were right", feedback["accuracy"]),
-        gauge("monitoring_low_confidence_share", "Share of predictions scored under LOW_CONFIDENCE_THRESHOLD", low["share"]),
-        gauge("monitoring_drift_score", "Total variation distance of predicted classes from the validation split's", drift["score"]),
-        *_candidate_families(report["candidate"], window),
-    ]
-
-
-def _candidate_families(candidate: dict | None, window: str) -> list:
-    """/monitoring's ``candidate`` as gauges: the comparison under the candidate's name, models by role."""
+    """The report as gauges: the served model's figures, then a candidate's comparison and each model's."""
+    window = f" over the last MONITORING_WINDOW ({report['window']['seconds']}s)."
+    keys, own = ["model", "version"], [report["model"]["name"], report["model"]["version"]]
+    families = _figure_families("monitoring_", keys, [(own, report)], window) + [
+        _family("monitoring_drift_score", "Total variation distance of predicted classes from the validation "
+                "split's" + window, keys, [(own, report["drift"]["score"])])]
+    candidate = report["candidate"]
     if candidate is None:
-        return []
-    own, verdict = [candidate["model"]["name"], candidate["model"]["version"]], candidate["verdict"]
-    models = [([figures["name"], figures["version"], role], figures)
-              for role, figures in candidate["models"].items()]
-
-    def family(name: str, documentation: str, labels: list, samples):
-        found = GaugeMetricFamily(name, documentation + window + ".", labels=["model", "version", *labels])
-        for values, value in samples:
-            if value is not None:
-                found.add_metric(values, value)
-        return found
-
-    return [
-        family("monitoring_candidate_compared", "Images both the served and the candidate model classified",
-               [], [(own, candidate["compared"])]),
-        family("monitoring_candidate_agreement", "Share of those with the same top-1 label", [],
-               [(own, candidate["agreement"])]),
-        family("monitoring_candidate_verdict", "1 for the verdict on the candidate (docs/monitoring.md)",
-               ["decision"], [(own + [choice], int(choice == verdict["decision"]))
-                              for choice in (PROMOTE, KEEP, WAIT)]),
-        family("monitoring_candidate_p_value", "The p-value of the verdict's test", [],
-               [(own, verdict["p_value"])]),
-        family("monitoring_candidate_feedback_answers", "Compared predictions with feedback, by model",
-               ["role"], [(values, figures["feedback"]["total"]) for values, figures in models]),
-        family("monitoring_candidate_feedback_accuracy", "Their share users said was right, by model",
-               ["role"], [(values, figures["feedback"]["accuracy"]) for values, figures in models]),
-        family("monitoring_candidate_low_confidence_share",
-               "Share of compared predictions under LOW_CONFIDENCE_THRESHOLD, by model", ["role"],
-               [(values, figures["low_confidence"]["share"]) for values, figures in models]),
-        family("monitoring_candidate_latency_ms", "The model's time per image, by model",
-               ["role", "quantile"], [(values + [quantile], figures["latency_ms"][key])
-                                      for values, figures in models
-                                      for key, quantile in (("p50", "0.5"), ("p95", "0.95"))]),
+        return families
+    theirs, verdict = [candidate["model"]["name"], candidate["model"]["version"]], candidate["verdict"]
+    rows = [([figures["name"], figures["version"], role], figures)
+            for role, figures in candidate["models"].items()]
+    return families + _figure_families("monitoring_candidate_", keys + ["role"], rows, window) + [
+        _family("monitoring_candidate_compared", "Images both the served and the candidate model classified"
+                + window, keys, [(theirs, candidate["compared"])]),
+        _family("monitoring_candidate_agreement", "Share of those with the same top-1 label" + window, keys,
+                [(theirs, candidate["agreement"])]),
+        _family("monitoring_candidate_verdict", "1 for the verdict on the candidate" + window,
+                keys + ["decision"], [(theirs + [choice], int(choice == verdict["decision"]))
+                                      for choice in (PROMOTE, KEEP, WAIT)]),
+        _family("monitoring_candidate_p_value", "The p-value of the verdict's test" + window, keys,
+                [(theirs, verdict["p_value"])]),
     ]
+
+
+def _figure_families(prefix: str, keys: list, rows: list, window: str) -> list:
+    """The figures of each model in ``rows`` (its label values, its figures) as the gauges ``prefix``*."""
+    return [
+        _family(f"{prefix}window_predictions", "Recorded predictions by predicted label" + window,
+                keys + ["label"], [(values + [label], count) for values, figures in rows
+                                   for label, count in figures["predictions"]["by_label"].items()]),
+        *(_family(prefix + name, documentation + window, keys,
+                  [(values, value(figures)) for values, figures in rows])
+          for name, documentation, value in _FIGURES),
+        _family(f"{prefix}latency_ms", "The model's time per image" + window, keys + ["quantile"],
+                [(values + [quantile], figures["latency_ms"][key]) for values, figures in rows
+                 for key, quantile in (("p50", "0.5"), ("p95", "0.95"))]),
+    ]
+
+
+def _family(name: str, documentation: str, keys: list, samples) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=keys)
+    for values, value in samples:
+        if value is not None:  # a figure without data (no feedback yet) is left out
+            family.add_metric(values, value)
+    return family
 
 
 class _Families:
