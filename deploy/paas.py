@@ -192,7 +192,8 @@ def deploy(platform: Platform, commit: str) -> dict:
         stopped = stop_release(platform, previous)
         previous.update(status="retired", **stopped)
         if stopped:
-            say(f"{previous['release']} stopped after {stopped['stop_seconds']:.1f} s ({stopped['stopped_by']})")
+            say(f"{previous['release']} stopped after {stopped['stop_seconds']:.1f} s "
+                f"({stopped['stopped_by']})")
         _write_json(platform.releases / f"{previous['release']}.json", previous)
     prune_releases(platform, keep={name, previous["release"] if previous else name})
     return record
@@ -229,7 +230,8 @@ def build(platform: Platform, commit: str, release_dir: Path, record: dict) -> N
         say("Running bin/post_compile", step=True)
         post_compile.chmod(post_compile.stat().st_mode | 0o111)
         env = build_env(platform)
-        run_step([str(post_compile)], cwd=release_dir, env={**env, "PATH": f"{venv / 'bin'}{os.pathsep}{env['PATH']}"})
+        env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+        run_step([str(post_compile)], cwd=release_dir, env=env)
     if not web_command(release_dir):
         raise DeployError("The Procfile has no 'web:' process; nothing to serve.")
 
@@ -524,7 +526,8 @@ def route_to(platform: Platform, record: dict) -> None:
     deadline = time.monotonic() + ROUTER_SWITCH_TIMEOUT_S
     while not switched():
         if time.monotonic() > deadline:
-            raise DeployError(f"the router did not switch to {record['release']}:\n" + _tail(platform.logs / "router.log"))
+            raise DeployError(f"the router did not switch to {record['release']}:\n"
+                              + _tail(platform.logs / "router.log"))
         time.sleep(0.05)
     say(f"Routing {platform.app_url()} to {record['release']}", step=True)
 

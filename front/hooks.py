@@ -73,6 +73,7 @@ def take_sigterm_from_parent_only(stop: Callable[[], None], log: logging.Logger)
             if sender == parent or os.getppid() != parent:
                 stop()
                 return
-            log.info("SIGTERM from pid %s waits: process %s stops this one once nginx has drained", sender, parent)
+            log.info("SIGTERM from pid %s waits: process %s stops this one once nginx has drained",
+                     sender, parent)
 
     threading.Thread(target=wait, name="sigterm-from-parent", daemon=True).start()

@@ -107,7 +107,8 @@ def nginx_environment(port: socket.socket | None = None) -> dict:
     if port is not None:
         environment["NGINX"] = f"{port.fileno()};"
     if IGNORE_SIGTERM.exists():
-        environment["LD_PRELOAD"] = " ".join(filter(None, (str(IGNORE_SIGTERM), environment.get("LD_PRELOAD"))))
+        preloaded = (str(IGNORE_SIGTERM), environment.get("LD_PRELOAD"))
+        environment["LD_PRELOAD"] = " ".join(filter(None, preloaded))
     return environment
 
 
@@ -165,8 +166,8 @@ class Front:
             self.port = open_port(address, port)
         except OSError as error:
             raise CannotStart(f"cannot listen on {address}:{port}: {error.strerror}") from None
-        self.nginx = subprocess.Popen(self.nginx_command(), stdin=subprocess.DEVNULL, pass_fds=(self.port.fileno(),),
-                                      env=nginx_environment(self.port))
+        self.nginx = subprocess.Popen(self.nginx_command(), stdin=subprocess.DEVNULL,
+                                      pass_fds=(self.port.fileno(),), env=nginx_environment(self.port))
         say(f"nginx (pid {self.nginx.pid}) serves http://{address}:{port}")
         return self._watch()
 

@@ -74,7 +74,8 @@ def send(url: str, method: str, path: str, body: bytes | None = None, headers: d
         connection.close()
 
 
-def send_unless_refused(url: str, path: str, body: bytes, headers: dict, timeout: float = 60) -> tuple[str, int | None, object]:
+def send_unless_refused(url: str, path: str, body: bytes, headers: dict,
+                        timeout: float = 60) -> tuple[str, int | None, object]:
     """POST on a fresh connection: ("refused", None, None) where nothing accepts it, else as
     ``send`` does, with kind "sent". An error once connected (reset, broken pipe, no answer)
     is raised: the server took the request and did not answer it."""
@@ -92,7 +93,8 @@ def send_unless_refused(url: str, path: str, body: bytes, headers: dict, timeout
         connection.close()
 
 
-def slow_post(url: str, path: str, body: bytes, headers: dict, seconds: float, timeout: float = 60) -> tuple[int, bytes]:
+def slow_post(url: str, path: str, body: bytes, headers: dict, seconds: float,
+              timeout: float = 60) -> tuple[int, bytes]:
     """POST ``body`` spread over ``seconds`` in 50 pieces, as a phone on a slow link sends it;
     (status, body). An error (reset, no answer) is raised."""
     parts = urlsplit(url)

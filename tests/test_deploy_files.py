@@ -109,7 +109,7 @@ def test_dockerfile_installs_nginx_for_the_front(dockerfile):
     assert any("apt-get install" in run and "nginx" in run for run in instructions(dockerfile, "RUN"))
 
 
-def test_dockerfile_builds_the_library_that_makes_nginx_ignore_sigterm_and_the_image_takes_it(dockerfile, tmp_path):
+def test_dockerfile_builds_what_makes_nginx_ignore_sigterm_and_the_image_takes_it(dockerfile, tmp_path):
     """The build stage's steps, replayed here: its COPYs into its WORKDIR, its RUN
     bin/post_compile; then the file the serving stage's COPY --from names must be there."""
     stages = [index for index, item in enumerate(dockerfile.structure) if item["instruction"] == "FROM"]
@@ -126,7 +126,8 @@ def test_dockerfile_builds_the_library_that_makes_nginx_ignore_sigterm_and_the_i
         elif item["instruction"] == "RUN" and "post_compile" in item["value"]:
             subprocess.run(item["value"], shell=True, cwd=stage_root, check=True, capture_output=True)
     served = dockerfile.structure[stages[1]:]
-    (taken,) = [item["value"] for item in served if item["instruction"] == "COPY" and item["value"].startswith(f"--from={name} ")]
+    copies = [item["value"] for item in served if item["instruction"] == "COPY"]
+    (taken,) = [copy for copy in copies if copy.startswith(f"--from={name} ")]
     built = taken.split()[1]
     assert built == f"{workdir}/front/nginx_ignores_sigterm.so"
     assert (tmp_path / built.lstrip("/")).is_file()
