@@ -175,12 +175,17 @@ def deployed(tmp_path_factory):
 
 
 def save_report(name: str, record: dict) -> None:
+    keys = ("release", "python", "build_seconds", "slug_bytes", "slug_gzip_bytes", "boot_seconds", "deploy_seconds")
+    save_figures(name, {key: record.get(key) for key in keys})
+
+
+def save_figures(name: str, figures: dict) -> None:
+    """The test's figures, for docs/deploy.md: test-results/deploy-report.json."""
     REPORT.parent.mkdir(exist_ok=True)
     report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    keys = ("release", "python", "build_seconds", "slug_bytes", "slug_gzip_bytes", "boot_seconds", "deploy_seconds")
-    report[name] = {key: record.get(key) for key in keys}
+    report[name] = figures
     REPORT.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{name}: {report[name]}")
+    print(f"{name}: {figures}")
 
 
 @pytest.mark.deploy
@@ -288,6 +293,10 @@ def test_a_second_push_with_a_new_model_serves_it_and_retires_the_old_release(de
     assert versions == sorted(versions, key=lambda version: version == "2.0.0-deploy-test"), versions
     # The old release was stopped as a dyno is (SIGTERM to every process) and exited by itself.
     retired = json.loads((root / "releases" / "v1.json").read_text())
+    save_figures("across_the_second_push", {
+        "requests": len(client.outcomes), "failed": len(failed), "answered_by_v1": versions.count(old_version),
+        "answered_by_v2": versions.count("2.0.0-deploy-test"), "v1_stopped_by": retired.get("stopped_by"),
+        "v1_stop_seconds": retired.get("stop_seconds")})
     assert retired["status"] == "retired" and retired["stopped_by"] == "SIGTERM", retired
 
     model = json.loads(subprocess.run(["curl", "-sS", "--fail-with-body", f"{second['url']}/model"],
