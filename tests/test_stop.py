@@ -19,6 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -134,7 +135,9 @@ def test_a_stop_answers_every_request_it_accepted_and_writes_every_record(stop, 
     taken = [o for o in outcomes if o.kind != "refused"]
     lost = [o for o in taken if o.status != 200]
     answered_after_the_signal = [o for o in taken if o.status == 200 and o.finished > stopped]
-    figures = {"answered": len(taken) - len(lost), "lost": len(lost), "refused": len(outcomes) - len(taken),
+    how_lost = Counter(str(o.status) if o.status else o.error.split(":")[0] for o in lost)
+    figures = {"answered": len(taken) - len(lost), "lost": len(lost), "how_lost": dict(how_lost),
+               "refused": len(outcomes) - len(taken),
                "answered_after_the_signal": len(answered_after_the_signal), "slow_uploads": slow_results,
                "exit_status": server.process.returncode, "gone_after_s": round(gone_s, 1),
                "records_written": records_in(database) if database.exists() else 0}
