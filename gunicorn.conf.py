@@ -4,7 +4,7 @@ The model is loaded in each worker after it forks (no preload_app): torch's thre
 do not survive fork, and a preloaded torch can hang the workers. Three hooks: who may stop
 gunicorn and the front's ready file (front/hooks.py), and the metrics of a worker that
 exits. A worker that stops leaves through sys.exit, so the app's own atexit handlers run
-(web/record_writer.py writes its queue).
+(web/records.py writes its queue).
 """
 
 from front import hooks
@@ -42,7 +42,7 @@ logconfig_dict = {
     "root": {"level": loglevel.upper(), "handlers": ["console"]},
     "loggers": {
         "gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
-        # The access log is the app's: JSON lines with the request id (web/access_log.py).
+        # The access log is the app's: JSON lines with the request id (web/telemetry.py).
         # gunicorn's own plain line would only repeat it, so its level keeps it quiet.
         "gunicorn.access": {"level": "WARNING", "handlers": ["console"], "propagate": False},
         "web.access": {"level": "INFO", "handlers": ["json"], "propagate": False},
@@ -53,7 +53,7 @@ logconfig_dict = {
     },
     "formatters": {
         "plain": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},
-        "json": {"()": "web.json_logs.JsonFormatter"},
+        "json": {"()": "web.telemetry.JsonFormatter"},
     },
 }
 

@@ -5,7 +5,7 @@
 1. Images per forward pass for a 16-image batch (``Classifier.predict`` on as many images at
    a time): the peak RSS over the worker's idle RSS (VmHWM, read from /proc) and the time per
    image. Each size runs in a fresh process, as a worker, on ONNX Runtime with one thread.
-2. glibc's mmap threshold (``classifier.memory``) left to glibc, or fixed at 4 or 16 MB
+2. glibc's mmap threshold (``classifier.engines``) left to glibc, or fixed at 4 or 16 MB
    before or after the ONNX Runtime session is built (the service: 16 MB, after): CPU time
    and page faults per request (decode, resize, forward, top-k), and the RSS they leave.
 """
@@ -30,7 +30,7 @@ from classifier.pipeline import Classifier
 images_per_pass, files = int(sys.argv[1]), sys.argv[2:]
 def status(key):
     return next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith(key))
-classifier = Classifier.setup("model.zip", threads=1, engine="onnxruntime", check_store=None, onnx_path="model.onnx")
+classifier = Classifier.setup("model.zip", threads=1, engine="onnxruntime", onnx_path="model.onnx")
 images = [resize_for_model(decode_image(Path(f).read_bytes())) for f in files]
 classifier.predict(images[:1])
 idle = status("VmRSS")
@@ -45,7 +45,7 @@ print(json.dumps({"peak_over_idle_mb": status("VmHWM") - idle,
 THRESHOLD = """
 import json, resource, sys, time
 from pathlib import Path
-from classifier import memory
+from classifier import engines as memory
 from classifier.pipeline import Classifier
 when, limit, files = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 def rss():
@@ -55,7 +55,7 @@ fix = memory.return_large_blocks_to_the_system
 memory.return_large_blocks_to_the_system = lambda: None  # the engine calls it; here the variant decides when
 if when == "before":
     fix()
-classifier = Classifier.setup("model.zip", threads=1, engine="onnxruntime", check_store=None, onnx_path="model.onnx")
+classifier = Classifier.setup("model.zip", threads=1, engine="onnxruntime", onnx_path="model.onnx")
 if when == "after":
     fix()
 uploads = [Path(f).read_bytes() for f in files]

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from classifier.model import read_meta
-from classifier.verified_copy import installed_versions
+from training.onnx_variants import installed_versions
 from testing.servers import free_port
 from training.data_set import add_data_option, data_set_or_exit
 

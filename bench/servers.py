@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # Settings of ours that the caller's shell might hold; the benchmark serves the defaults.
 _OUR_SETTINGS = ("WEB_CONCURRENCY", "TORCH_THREADS", "GUNICORN_TIMEOUT", "MAX_REQUESTS", "MODEL_PATH",
-                 "INFERENCE_ENGINE", "ONNX_MODEL_PATH", "VERIFIED_COPIES_DIR", "RATE_LIMIT", "RATE_LIMIT_BURST",
+                 "INFERENCE_ENGINE", "ONNX_MODEL_PATH", "RATE_LIMIT", "RATE_LIMIT_BURST",
                  "CONNECTION_LIMIT", "CLIENT_TIMEOUT", "TRUSTED_PROXIES", "NGINX_WORKERS", "LISTEN_ADDRESS")
 
 
@@ -89,7 +89,7 @@ def ours_direct(port: int, model: Path) -> Contender:
     return Contender(
         name="ours-direct",
         title="ours, gunicorn direct (no nginx)",
-        command=[str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "app:app"],
+        command=[str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "app:create_app()"],
         cwd=ROOT,
         env=clean_env(PORT=str(port), MODEL_PATH=str(model), ONNX_MODEL_PATH=str(model.with_suffix(".onnx"))),
         readiness="health",

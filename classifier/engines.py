@@ -2,11 +2,9 @@
 
 ``model.zip`` is the contract and the source of truth. On this project's CPUs ONNX Runtime
 runs the same network faster than TorchScript (docs/model-variants.md#which-to-serve
-measures by how much), with the same answers, and a worker that needs no torch holds far less memory
-(docs/memory.md). So where a verified ONNX copy of the served model sits beside it
-(``model.onnx``, made by ``python -m training.variants`` and named by its manifest), the
-service runs that copy instead; ``classifier/verified_copy.py`` says what "verified" means
-and where it is checked.
+measures by how much), with the same answers, and a worker that needs no torch holds far less
+memory (docs/memory.md). Which of the two serves, and why, is ``classifier/onnx_copy.py``'s
+to decide.
 
 Both engines take a float32 N×3×224×224 array in [0, 1] and return N×C logits, as numpy
 arrays: nothing here imports torch unless the TorchScript engine is built.
@@ -14,18 +12,12 @@ arrays: nothing here imports torch unless the TorchScript engine is built.
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import numpy as np
 
-from . import memory
 from .model import LoadedModel
-
-ENGINES = ("auto", "onnxruntime", "torchscript")
-# Largest difference in any class probability between the two engines that still counts as
-# the same model: float rounding stays far below it, a different model far above
-# (docs/model-variants.md has the agreement measured).
-AGREEMENT_TOLERANCE = 1e-4
 
 
 class TorchScriptEngine:
@@ -71,8 +63,8 @@ class OnnxRuntimeEngine:
         self.input_name = self.session.get_inputs()[0].name
         # A batch's buffers go back to the system once freed; building the session left freed
         # heap behind (the parsed file, graph rewrites), which goes back now.
-        memory.return_large_blocks_to_the_system()
-        memory.trim_heap()
+        return_large_blocks_to_the_system()
+        trim_heap()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
@@ -84,3 +76,45 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     exponentials = np.exp(shifted)
     return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+# Memory given back to the system (glibc's malloc; elsewhere, nothing). A worker's memory after
+# a request should be what it was before: the platform counts what the process holds, not what
+# it uses, and a dyno over its quota is slowed down, then restarted. glibc keeps freed memory
+# for reuse by default: the figures are in docs/memory.md.
+# Blocks at least this large are mapped from the system and unmapped when freed. By default
+# glibc raises this limit with every large block freed (up to 32 MB), and then a large
+# image's bitmap or a large batch's buffers stay in the heap for good, idle. Held fixed, it
+# must stay above what one request's forward pass allocates at once (ONNX Runtime plans all
+# of a pass's buffers as one block): mapped and unmapped on every request, that block's
+# pages would be zeroed again each time, a CPU cost docs/memory.md measured.
+LARGE_BLOCK_BYTES = 16 * 1024 * 1024
+# The heap's free end is given back by free() only beyond this (fixing the limit above also
+# stops glibc from adjusting this one): the blocks every request reuses stay; trim_heap()
+# gives back the rest after a batch.
+KEPT_FREE_HEAP_BYTES = 32 * 1024 * 1024
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (macOS, musl): their own defaults
+        return None
+
+
+_LIBC = _libc()
+
+
+def return_large_blocks_to_the_system() -> None:
+    """From now on, large blocks go back to the system as soon as they are freed."""
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, KEPT_FREE_HEAP_BYTES)
+
+
+def trim_heap() -> None:
+    """Return the free memory at the heap's end and in its free pages."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)

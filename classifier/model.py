@@ -4,8 +4,8 @@ Loading runs code from the file (TorchScript is a program), so only trusted file
 disk are ever loaded; nothing here accepts a model over the network.
 
 torch is imported by the functions that load or run the file, not by this module: a worker
-that serves the verified ONNX copy (classifier/verified_copy.py) reads what it needs about
-the model from here without ever importing torch (docs/memory.md).
+that serves the ONNX copy (classifier/onnx_copy.py) reads what it needs about the model from
+here without ever importing torch (docs/memory.md).
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from .images import INPUT_SIZE
 META_FILE = "meta.json"
 # meta.json key of an int8 model file: the quantized engine its weights were packed for.
 QUANTIZED_ENGINE = "quantized_engine"
+# meta.json key of the model's own probabilities on ``smoke_batch()``, recorded when it is
+# exported: what its ONNX copy must answer (classifier/onnx_copy.py). Not shown in /model.
+SMOKE_ANSWERS = "smoke_answers"
 
 
 @dataclass(frozen=True)
@@ -37,19 +40,18 @@ class LoadedModel:
     meta: dict = field(default_factory=dict)
     path: str = ""
     load_seconds: float = 0.0
+    # From meta.json, read once: every answer and record names them.
+    name: str = field(init=False)
+    version: str = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return str(self.meta.get("name", Path(self.path).stem or "model"))
-
-    @property
-    def version(self) -> str:
-        return str(self.meta.get("version", "unknown"))
+    def __post_init__(self):
+        object.__setattr__(self, "name", str(self.meta.get("name", Path(self.path).stem or "model")))
+        object.__setattr__(self, "version", str(self.meta.get("version", "unknown")))
 
     def describe(self) -> dict:
         """Metadata for people and for /model: the file's meta.json plus what was checked."""
         return {
-            **self.meta,
+            **{key: value for key, value in self.meta.items() if key != SMOKE_ANSWERS},
             "name": self.name,
             "version": self.version,
             "labels": list(self.labels),
@@ -120,7 +122,7 @@ def _read_labels(module, path: Path) -> tuple[str, ...]:
     if labels is None:
         raise ModelContractError(
             f"{path} has no 'labels' attribute. Export with preserved_attrs=['labels'] "
-            "when freezing (see classifier.export)."
+            "when freezing (see training.export)."
         )
     labels = tuple(labels)
     if not labels or not all(isinstance(label, str) and label for label in labels):

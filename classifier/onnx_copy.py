@@ -1,13 +1,29 @@
-"""An ONNX copy of the served model, and whether it still is one: the manifest beside it.
+"""Which engine serves the model, and why: the ONNX copy, the evidence that it is one, the choice.
 
-The copy, ``model.onnx``, is made from ``model.zip`` by ``python -m training.variants`` and
-committed next to it; its manifest, ``model.onnx.json``, carries the labels and names the
-model file it was made from by its SHA-256. Both users of the copy take it only while it
-matches the model served: the server's ONNX Runtime engine (``classifier.verified_copy``
-checks its answers too) and the page's "On this device" path, which runs it with
-onnxruntime-web (``web/device.py``). So a new ``model.zip`` (a commit, or ``flask
-swap-model``) without a new ``model.onnx`` turns both off with a reason instead of running an
-old model.
+``model.zip`` is the contract. ``model.onnx`` is an ONNX copy of it, made by ``python -m
+training.variants`` and committed beside it with its manifest, ``model.onnx.json``. The
+evidence is recorded when the copy is made, where torch is at hand (``write_manifest`` in
+training/onnx_variants.py): the
+SHA-256 of the model file it was made from and of the copy itself, the TorchScript model's own
+probabilities on the fixed smoke batch (``classifier.model.smoke_batch``), how far ONNX
+Runtime's were from them, the tolerance and both engines' versions. ``export_model``
+(training/export.py) records the same TorchScript answers in every model file's own meta.json
+(``SMOKE_ANSWERS``).
+
+Each worker then decides once, at start-up, without torch and without another process
+(``choose_engine``): ONNX Runtime serves the copy when its manifest names the served file by
+SHA-256 (else the copy is stale, or another model's), the copy is the file the manifest
+describes, and ONNX Runtime's own answers on the smoke batch, the warm-up it runs anyway,
+match the TorchScript answers within ``AGREEMENT_TOLERANCE``. Those reference answers come
+from the model file's meta.json when it has them, so a manifest edited to name another model
+is caught; from the manifest's record otherwise (files exported before meta.json held them).
+Otherwise TorchScript serves, and the reason goes to the log and to /health's
+``engine_reason``; under ``INFERENCE_ENGINE=onnxruntime`` the start stops with it instead.
+``check-model`` and ``swap-model`` come through the same function (``Classifier.setup``).
+
+The page's "On this device" path hands the same copy to browsers while it belongs to the
+served model (``matching_onnx_copy``; ``web/device.py``), so a new ``model.zip`` without a new
+``model.onnx`` turns both off with a reason instead of running an old model.
 """
 
 from __future__ import annotations
@@ -15,15 +31,30 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from .errors import OnnxCopyUnavailable, ModelContractError
-from .model import read_meta
+import numpy as np
 
+from .engines import OnnxRuntimeEngine, TorchScriptEngine, softmax, trim_heap
+from .errors import ModelContractError, OnnxCopyUnavailable
+from .model import SMOKE_ANSWERS, LoadedModel, load_model, read_meta, smoke_batch
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "onnxruntime", "torchscript")
+# Largest difference in any class probability between the two engines that still counts as
+# the same model: float rounding stays far below it, a different model far above
+# (docs/model-variants.md has the agreement measured). A worker applies this one, whatever
+# a manifest says.
+AGREEMENT_TOLERANCE = 1e-4
 MANIFEST_SUFFIX = ".json"
 REGENERATE = "Run `python -m training.variants` to export it again from the served model."
+_ENGINE_NAMES = {"onnxruntime": "ONNX Runtime", "torchscript": "TorchScript"}
 
 
 @dataclass(frozen=True)
@@ -34,32 +65,112 @@ class OnnxCopy:
     manifest: dict
 
 
+@dataclass(frozen=True)
+class EngineChoice:
+    """What a process serves the model with, and why (the log's and /health's ``engine_reason``)."""
+
+    model: LoadedModel
+    engine: Callable[[np.ndarray], np.ndarray]
+    reason: str
+
+
+def choose_engine(setting: str, model_path, onnx_path, threads: int) -> EngineChoice:
+    """Which engine serves ``model_path`` under ``INFERENCE_ENGINE=setting``, loaded and warmed up.
+
+    ``auto`` serves the ONNX copy at ``onnx_path`` when it passes ``serve_onnx_copy``'s checks,
+    else TorchScript; ``onnxruntime`` insists on the copy; ``torchscript`` never uses it.
+    Raises ``ModelContractError`` for what must not be served, ``ValueError`` for a bad setting.
+    """
+    if setting not in ENGINES:
+        raise ValueError(f"INFERENCE_ENGINE must be one of {', '.join(ENGINES)}, not {setting!r}")
+    choice, reason = None, "INFERENCE_ENGINE=torchscript"
+    if setting != "torchscript":
+        try:
+            choice = serve_onnx_copy(model_path, onnx_path, threads)
+        except OnnxCopyUnavailable as refusal:
+            if setting == "onnxruntime":
+                raise ModelContractError(f"INFERENCE_ENGINE=onnxruntime, but {refusal.message}") from refusal
+            reason = refusal.message
+    if choice is None:
+        import torch  # the TorchScript path: the only one that needs it
+
+        torch.set_num_threads(threads)
+        model = load_model(model_path)
+        choice = EngineChoice(model, TorchScriptEngine(model), reason)
+    log.info("serving with %s: %s", _ENGINE_NAMES[choice.engine.name], choice.reason)
+    return choice
+
+
+def serve_onnx_copy(model_path, onnx_path, threads: int) -> EngineChoice:
+    """ONNX Runtime on the copy, once it proved to be ``model_path``'s; never imports torch.
+
+    Raises ``OnnxCopyUnavailable`` with the reason when the copy must not be served.
+    """
+    started = time.perf_counter()
+    if not onnx_path:
+        raise OnnxCopyUnavailable("no ONNX copy is configured (ONNX_MODEL_PATH is empty).")
+    model_path, onnx_path = Path(model_path), Path(onnx_path)
+    manifest = matching_onnx_copy(onnx_path, model_path).manifest
+    if manifest["source"]["sha256"] != file_sha256(model_path):  # a variant (int8) of the file it names
+        raise OnnxCopyUnavailable(f"{onnx_path} was exported from {manifest['source'].get('file')}, "
+                                  f"of which {model_path.name} is a variant with answers of its own.")
+    meta = read_meta(model_path)
+    reference, source = _reference_answers(meta, manifest, model_path, manifest_path(onnx_path))
+    if list(reference["labels"]) != list(manifest["labels"]):
+        raise OnnxCopyUnavailable(f"{manifest_path(onnx_path)} lists other labels than {source}.")
+    try:
+        engine = OnnxRuntimeEngine(onnx_path, threads)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise OnnxCopyUnavailable(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
+    if file_sha256(onnx_path) != manifest["sha256"]:  # the file ONNX Runtime read is the one described
+        raise OnnxCopyUnavailable(f"{onnx_path} changed while it was being loaded.")
+    difference = _smoke_difference(engine, reference, onnx_path, source)
+    for _ in range(2):  # the first ONNX Runtime calls are slow; requests mostly run one image
+        engine(smoke_batch(1))
+    trim_heap()  # what hashing, loading and the first calls freed
+    model = LoadedModel(module=None, labels=tuple(manifest["labels"]), meta=meta, path=str(model_path),
+                        load_seconds=time.perf_counter() - started)
+    reason = (f"{onnx_path.name} answers as {model_path.name} does: max |Δp| {difference:.1e} "
+              f"on the smoke batch against the TorchScript answers in {source}")
+    return EngineChoice(model, engine, reason)
+
+
+def _reference_answers(meta: dict, manifest: dict, model_path: Path, manifest_file: Path) -> tuple[dict, str]:
+    """The TorchScript answers to compare with, and where: the model file's own, else the manifest's."""
+    if SMOKE_ANSWERS in meta:
+        recorded, source = meta[SMOKE_ANSWERS], f"{model_path.name}'s meta.json"
+    else:
+        recorded = (manifest.get("evidence") or {}).get(SMOKE_ANSWERS)
+        source = f"{manifest_file.name}'s evidence"
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("labels"), list):
+        raise OnnxCopyUnavailable(f"{source} records no TorchScript answers to compare the copy with. "
+                                  f"{REGENERATE}")
+    return recorded, source
+
+
+def _smoke_difference(engine: OnnxRuntimeEngine, reference: dict, onnx_path: Path, source: str) -> float:
+    """The largest difference between ONNX Runtime's probabilities on the smoke batch and the record's."""
+    try:
+        expected = np.asarray(reference["probabilities"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OnnxCopyUnavailable(f"{source} holds no smoke-batch probabilities ({exc}).") from exc
+    try:
+        got = softmax(engine(smoke_batch()))
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise OnnxCopyUnavailable(f"{onnx_path} failed on the smoke batch: {exc}") from exc
+    if got.shape != expected.shape:
+        raise OnnxCopyUnavailable(f"{onnx_path} gives {got.shape} probabilities on the smoke batch, "
+                                  f"{source} records {expected.shape}.")
+    difference = float(np.abs(got - expected).max())
+    if not difference <= AGREEMENT_TOLERANCE:  # NaN fails too
+        raise OnnxCopyUnavailable(f"{onnx_path} disagrees with the TorchScript answers in {source} "
+                                  f"on the smoke batch (max |Δp| {difference:.1e}, "
+                                  f"over {AGREEMENT_TOLERANCE:.0e}).")
+    return difference
+
+
 def manifest_path(onnx_path: str | Path) -> Path:
     return Path(f"{onnx_path}{MANIFEST_SUFFIX}")
-
-
-def write_manifest(onnx_path: str | Path, model_path: str | Path, labels, meta: dict) -> Path:
-    """Describe ``onnx_path``, exported from ``model_path``, for the page and the server."""
-    onnx_path = Path(onnx_path)
-    manifest = {
-        "format": "onnx",
-        "file": onnx_path.name,
-        "sha256": file_sha256(onnx_path),
-        "bytes": onnx_path.stat().st_size,
-        "name": meta.get("name", ""),
-        "version": meta.get("version", ""),
-        "labels": list(labels),
-        "input": {
-            "name": "pixels",
-            "shape": ["batch", 3, 224, 224],
-            "description": "RGB in [0, 1], resized to 224x224 as the server does (Pillow bilinear, no crop)",
-        },
-        "output": {"name": "logits", "shape": ["batch", len(labels)]},
-        "source": {"file": Path(model_path).name, "sha256": model_identity(model_path)},
-    }
-    path = manifest_path(onnx_path)
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
 
 
 def matching_onnx_copy(onnx_path: str | Path, served_model_path: str | Path) -> OnnxCopy:

@@ -20,11 +20,11 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .engines import ENGINES, TorchScriptEngine, softmax
-from .errors import InputError, InvalidParameter, ModelContractError, NotAnImage, OnnxCopyUnavailable
+from .engines import TorchScriptEngine, softmax
+from .errors import InputError, InvalidParameter, ModelContractError, NotAnImage
 from .images import DEFAULT_MAX_PIXELS, INPUT_SIZE, decode_image, resize_for_model, to_batch
-from .model import LoadedModel, load_model
-from .verified_copy import CheckStore, serve_verified_copy
+from .model import LoadedModel
+from .onnx_copy import choose_engine
 
 log = logging.getLogger(__name__)
 
@@ -82,41 +82,17 @@ class Classifier:
         threads: int | None = None,
         engine: str = "torchscript",
         onnx_path=None,
-        check_store=None,
     ):
         """Load, check and warm up the model once per process; ``threads`` sizes the engine's pool.
 
-        ``engine`` picks what runs the forward pass (``classifier.engines``): ``auto`` serves a
-        verified ONNX copy at ``onnx_path`` where there is one, without importing torch
-        (``classifier.verified_copy``; ``check_store`` is where the checks are recorded), and
-        otherwise TorchScript; ``onnxruntime`` insists on the copy. Raises
-        ``ModelContractError`` for a file that must not be served. Workers, ``check-model``
-        and ``swap-model`` all come through here, so all apply the same checks.
+        ``engine`` is ``INFERENCE_ENGINE``; which engine serves, and why, is decided by
+        ``classifier.onnx_copy.choose_engine`` (``auto`` serves the ONNX copy at ``onnx_path``
+        without importing torch when it passes its checks). Raises ``ModelContractError`` for
+        a file that must not be served. Workers, ``check-model`` and ``swap-model`` all come
+        through here, so all apply the same checks.
         """
-        if engine not in ENGINES:
-            raise ValueError(f"INFERENCE_ENGINE must be one of {', '.join(ENGINES)}, not {engine!r}")
-        threads = threads or os.cpu_count() or 1
-        served = None
-        if engine != "torchscript":
-            try:
-                served = serve_verified_copy(model_path, onnx_path, threads, CheckStore(check_store))
-            except OnnxCopyUnavailable as refusal:
-                if engine == "onnxruntime":
-                    raise ModelContractError(f"INFERENCE_ENGINE=onnxruntime, but {refusal.message}") from refusal
-                reason = refusal.message
-        else:
-            reason = "INFERENCE_ENGINE=torchscript"
-        if served:
-            model, chosen, check = served
-            reason = check.reason
-        else:
-            import torch  # the TorchScript path: the only one that needs it
-
-            torch.set_num_threads(threads)
-            model = load_model(model_path)
-            chosen = TorchScriptEngine(model)
-        log.info("serving with %s: %s", "ONNX Runtime" if served else "TorchScript", reason)
-        classifier = cls(model, max_pixels=max_pixels, engine=chosen, engine_reason=reason)
+        chosen = choose_engine(engine, model_path, onnx_path, threads or os.cpu_count() or 1)
+        classifier = cls(chosen.model, max_pixels, engine=chosen.engine, engine_reason=chosen.reason)
         classifier.smoke_test()
         return classifier
 

@@ -10,7 +10,7 @@ The conventions of Heroku's nginx buildpack, for one process on a dyno:
    before the app loads.
 3. The app command runs with ``APP_SOCKET`` (gunicorn.conf.py binds it), ``APP_READY_FILE``
    (front/hooks.py writes it once every worker has warmed up the model) and
-   ``PROMETHEUS_MULTIPROC_DIR`` (web/metrics.py adds up the workers' numbers there).
+   ``PROMETHEUS_MULTIPROC_DIR`` (web/telemetry.py adds up the workers' numbers there).
 4. Once the file exists, nginx starts on ``$PORT``: the dyno takes traffic only when ready.
 5. When either process exits, the other is stopped and so is this one, with a non-zero
    status: the platform restarts a dyno that lost half of itself.
@@ -255,7 +255,7 @@ def send(process: subprocess.Popen, number: int) -> None:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: bin/start-nginx <app command>, e.g. bin/start-nginx gunicorn --config gunicorn.conf.py app:app",
+        print("usage: bin/start-nginx <app command>, e.g. bin/start-nginx gunicorn --config gunicorn.conf.py 'app:create_app()'",
               file=sys.stderr)
         return 2
     try:

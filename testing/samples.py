@@ -1,8 +1,10 @@
 """Inputs made on the spot: images of one colour, odd files, image folders, and a tiny model
-whose every answer is known in advance (a red image is "red")."""
+whose every answer is known in advance (a red image is "red"); and the shipped model's own
+answers, for the tests that serve it."""
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -16,6 +18,8 @@ from . import ROOT
 # suite reads nothing outside it, so it passes on any clone.
 DATA_DIR = ROOT / "tests" / "fixtures" / "data"
 TINY_LABELS = ["red", "green", "blue"]
+# The model the repository serves: the notebook's, trained on whatever classes its user chose.
+SHIPPED_MODEL = ROOT / "model.zip"
 
 
 def image_bytes(fmt: str = "PNG", mode: str = "RGB", size=(64, 48), colour=(255, 0, 0), **save) -> bytes:
@@ -47,13 +51,15 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 def make_image_folder(root: Path, classes=("alpha", "beta", "gamma"), per_class=10, fmt="PNG", suffix=".png") -> Path:
-    """A data set laid out as the notebook reads one: ``root/<class>/<class>NN<suffix>``."""
-    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    """A data set laid out as the notebook reads one: ``root/<class>/<class>NN<suffix>``, each
+    class one colour (red, green, blue, then yellow, cyan, magenta)."""
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]
     for index, name in enumerate(classes):
         folder = root / name
         folder.mkdir(parents=True)
         for n in range(per_class):
-            (folder / f"{name}{n:02d}{suffix}").write_bytes(image_bytes(fmt, colour=colours[index % 3], size=(40, 30)))
+            colour = colours[index % len(colours)]
+            (folder / f"{name}{n:02d}{suffix}").write_bytes(image_bytes(fmt, colour=colour, size=(40, 30)))
     return root
 
 
@@ -74,7 +80,25 @@ def colour_network():
 
 def export_tiny_model(path: Path, version: str = "0.0.1", labels=TINY_LABELS) -> Path:
     """The colour model as a model file; ``labels`` of another length breaks the contract."""
-    from classifier.export import export_model
+    from training.export import export_model
 
     meta = {"name": "tiny-colours", "version": version, "dataset": "synthetic"}
     return export_model(colour_network(), labels, meta, path, mean=(0, 0, 0), std=(1, 1, 1))
+
+
+@functools.lru_cache(maxsize=2)
+def _reference_classifier(model_path: Path):
+    from classifier.pipeline import Classifier
+
+    return Classifier.setup(model_path, engine="torchscript")
+
+
+def model_answer(image: Path | bytes, model_path: Path = SHIPPED_MODEL, top_k: int | None = None) -> dict:
+    """The answer ``model_path`` gives for an image file (or its bytes), as ``POST /predict``
+    puts it, computed in this process by the service's pipeline on the TorchScript file.
+
+    What a server or a page serving that model must say: tests compare with it rather than
+    name a class, so they hold for any model the notebook writes, whatever its classes.
+    """
+    data = image if isinstance(image, bytes) else Path(image).read_bytes()
+    return _reference_classifier(Path(model_path).resolve()).classify(data, top_k).to_json()

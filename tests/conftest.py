@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from app import create_app
-from classifier.onnx_copy import file_sha256, manifest_path, model_identity
-from classifier.export import export_model
+from classifier.onnx_copy import file_sha256, manifest_path
+from training.export import export_model
+from classifier.model import SMOKE_ANSWERS, read_meta
 from training.onnx_variants import export_onnx
 
 from testing.samples import DATA_DIR, TINY_LABELS, colour_network, export_tiny_model
@@ -54,7 +55,11 @@ def tiny_onnx(tiny_model_path, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def impostor_onnx(tiny_model_path, tmp_path_factory):
-    """Another network's ONNX file (red scored as blue), whose manifest names the tiny model."""
+    """Another network's ONNX file (red scored as blue), whose manifest was edited to name the tiny model.
+
+    Its evidence is the other network's own, so it holds up against the manifest alone: the
+    tiny model's meta.json, which records the tiny model's answers, gives it away.
+    """
     folder = tmp_path_factory.mktemp("impostor")
     network = colour_network()
     with torch.no_grad():
@@ -62,10 +67,22 @@ def impostor_onnx(tiny_model_path, tmp_path_factory):
     other = export_model(network, TINY_LABELS, {"name": "other"}, folder / "other.zip", mean=(0, 0, 0), std=(1, 1, 1))
     path = export_onnx(other, folder / "tiny.onnx")
     manifest = json.loads(manifest_path(path).read_text())
-    manifest["source"]["sha256"] = model_identity(tiny_model_path)
+    manifest["source"]["sha256"] = file_sha256(tiny_model_path)
     manifest["sha256"] = file_sha256(path)
     manifest_path(path).write_text(json.dumps(manifest))
     return path
+
+
+@pytest.fixture(scope="session")
+def unrecorded_model(tiny_model_path, tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny model as a file exported before meta.json recorded its answers (as the shipped
+    model.zip was), and its ONNX copy: the manifest's evidence is the only reference."""
+    folder = tmp_path_factory.mktemp("unrecorded")
+    meta = {key: value for key, value in read_meta(tiny_model_path).items() if key != SMOKE_ANSWERS}
+    path = folder / "model.zip"
+    module = torch.jit.load(str(tiny_model_path))
+    torch.jit.save(module, str(path), _extra_files={"meta.json": json.dumps(meta)})
+    return path, export_onnx(path, folder / "model.onnx")
 
 
 @pytest.fixture(scope="session")

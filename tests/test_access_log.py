@@ -8,8 +8,7 @@ import logging
 
 import pytest
 
-from web.access_log import REQUEST_ID_HEADER
-from web.json_logs import JsonFormatter
+from web.telemetry import REQUEST_ID_HEADER, JsonFormatter
 
 from testing.samples import image_bytes
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from classifier.export import export_model
+from training.export import export_model
 from classifier.pipeline import Classifier
 
 from testing import ROOT

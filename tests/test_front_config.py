@@ -26,7 +26,7 @@ from app import create_app
 from front.config import render
 from front.files import files_root_for, hand_run_dir_to, nginx_user, readable_by
 from front.start import Front, find_nginx, metrics_directory
-from web import request_memory
+from web import api as prediction_api
 from web.errors import ERRORS
 from web.settings import SettingError, read_settings
 
@@ -369,11 +369,11 @@ def test_behind_the_front_the_app_logs_the_client_nginx_names(monkeypatch):
 
 def test_the_heap_is_trimmed_after_a_large_request_once_its_answer_is_sent(monkeypatch):
     trims = []
-    monkeypatch.setattr(request_memory.memory, "trim_heap", lambda: trims.append(1))
+    monkeypatch.setattr(prediction_api, "trim_heap", lambda: trims.append(1))
     client = create_app({"TESTING": True, "LOAD_MODEL": False}).test_client()
     small = client.post("/predict", data=b"x" * 1000, content_type="image/jpeg")
     small.close()
-    large = client.post("/predict", data=b"x" * request_memory.LARGE_BODY_BYTES, content_type="image/jpeg")
+    large = client.post("/predict", data=b"x" * prediction_api.LARGE_BODY_BYTES, content_type="image/jpeg")
     assert trims == []  # not before the answer is sent
     large.close()
     assert trims == [1]

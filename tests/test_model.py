@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from classifier.errors import ModelContractError
-from classifier.export import export_model
-from classifier.model import load_model
+from training.export import export_model
+from classifier.model import SMOKE_ANSWERS, load_model, smoke_batch
 
 from testing.samples import TINY_LABELS, colour_network
 
@@ -21,6 +21,16 @@ def test_loads_labels_meta_and_warms_up(tiny_model_path):
     assert model.load_seconds > 0
     description = model.describe()
     assert description["labels"] == TINY_LABELS and description["num_classes"] == 3
+
+
+def test_export_records_the_files_own_answers_on_the_smoke_batch(tiny_model_path):
+    model = load_model(tiny_model_path)
+    with torch.inference_mode():
+        expected = torch.softmax(model.module(torch.from_numpy(smoke_batch())), dim=1)
+    recorded = model.meta[SMOKE_ANSWERS]
+    assert recorded["labels"] == TINY_LABELS
+    assert torch.allclose(torch.tensor(recorded["probabilities"]), expected, atol=1e-6)
+    assert SMOKE_ANSWERS not in model.describe()  # the copy's reference, not a fact for /model
 
 
 def test_export_keeps_labels_readable_by_the_reference_app(tiny_model_path):

@@ -1,4 +1,4 @@
-"""Recording, feedback and monitoring (web/db.py, web/recording.py, web/monitoring.py).
+"""Recording, feedback and monitoring (web/db.py, web/records.py, web/monitoring.py).
 
 Most tests run twice: on a SQLite file and on a real PostgreSQL server that the tests
 start (testing/postgres.py). The last ones run the real Procfile server, two workers.
@@ -21,8 +21,8 @@ from sqlalchemy import select, update
 
 from app import create_app
 from classifier.drift import REFERENCE_KEY
-from classifier.export import export_model
-from web import db, record_writer, recording
+from training.export import export_model
+from web import db, records
 
 from testing.load import send, wait_until
 from testing.multipart import form_body
@@ -72,7 +72,7 @@ def make_app(tiny_model_path, database_url):
 
     yield make
     for app in apps:
-        recording.writer(app).close()
+        records.writer(app).close()
         db.get_database(app).engine.dispose()
 
 
@@ -85,7 +85,7 @@ def predict(client, colour=RED, request_id=None, **query):
 
 
 def rows(app) -> list:
-    recording.flush(app)  # the records this app queued: its writer thread may not have written them yet
+    records.flush(app)  # the records this app queued: its writer thread may not have written them yet
     with db.get_database(app).engine.connect() as connection:
         return connection.execute(select(db.predictions).order_by(db.predictions.c.id)).all()
 
@@ -178,7 +178,7 @@ def test_without_keep_images_export_says_why_it_wrote_nothing(make_app, tmp_path
 
 
 def test_retention_keeps_the_newest_predictions_and_drops_old_ones(make_app, monkeypatch):
-    monkeypatch.setattr(record_writer, "PRUNE_EVERY_S", 0)  # prune after every insert, not once a minute
+    monkeypatch.setattr(records, "PRUNE_EVERY_S", 0)  # prune after every insert, not once a minute
     app = make_app(RETENTION_MAX_PREDICTIONS=3, RETENTION_DAYS=7)
     client = app.test_client()
     ids = [predict(client, RED)[0] for _ in range(5)]
@@ -334,7 +334,7 @@ def test_the_window_counts_only_its_own_predictions(make_app):
     client = app.test_client()
     old_id, _ = predict(client, RED)
     predict(client, GREEN)
-    recording.flush(app)
+    records.flush(app)
     with db.get_database(app).engine.begin() as connection:
         connection.execute(update(db.predictions).where(db.predictions.c.request_id == old_id)
                            .values(created_at=db.utcnow() - timedelta(days=2)))
@@ -427,7 +427,7 @@ def records_lost(client) -> float:
 
 
 def test_a_stopped_database_fails_no_prediction(postgres, on_postgres, monkeypatch, caplog):
-    monkeypatch.setattr(record_writer, "RETRY_AFTER_S", 0)  # try the database again at once when it is back
+    monkeypatch.setattr(records, "RETRY_AFTER_S", 0)  # try the database again at once when it is back
     app, client = on_postgres
     try:
         predict(client, RED)
@@ -475,7 +475,7 @@ def test_a_sqlite_file_that_cannot_be_made_fails_no_prediction(tiny_model_path, 
 
 
 def test_a_database_down_at_start_is_set_up_when_it_comes_back(postgres, tiny_model_path, monkeypatch):
-    monkeypatch.setattr(record_writer, "RETRY_AFTER_S", 0)
+    monkeypatch.setattr(records, "RETRY_AFTER_S", 0)
     url = postgres.new_database()
     postgres.stop()
     try:
@@ -483,7 +483,7 @@ def test_a_database_down_at_start_is_set_up_when_it_comes_back(postgres, tiny_mo
         client = app.test_client()
         assert client.get("/health").status_code == 200  # it starts, and serves
         predict(client, RED)
-        recording.flush(app)  # written now, while the database is down: lost
+        records.flush(app)  # written now, while the database is down: lost
     finally:
         postgres.start()
     predict(client, GREEN)
@@ -564,7 +564,7 @@ def test_a_batch_the_stopped_database_refuses_is_counted_and_logged(postgres, ti
         finally:
             postgres.start()
     finally:
-        recording.writer(app).close()
+        records.writer(app).close()
         db.get_database(app).engine.dispose()
 
 

@@ -1,7 +1,8 @@
-"""The browser's copy of the model: exported, described, and offered only while it matches.
+"""The ONNX copy of the model: exported, described with its evidence, offered to browsers while it matches.
 
-``classifier.onnx_copy`` decides whether ``model.onnx`` may be handed to browsers;
-``web/device.py`` serves it. A copy made from another model file is refused with a reason.
+``classifier.onnx_copy`` writes the manifest and decides whether ``model.onnx`` may be handed
+to browsers; ``web/device.py`` serves it. A copy made from another model file is refused with
+a reason. Whether the server runs it: tests/test_engines.py.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import pytest
 import torch
 
 from app import create_app
-from classifier.onnx_copy import matching_onnx_copy, manifest_path, model_identity
+from classifier.onnx_copy import AGREEMENT_TOLERANCE, file_sha256, manifest_path, matching_onnx_copy
 from classifier.errors import OnnxCopyUnavailable
-from classifier.model import load_model
+from classifier.model import SMOKE_ANSWERS, load_model, smoke_batch
+from training.onnx_variants import write_manifest
 
 from testing.samples import TINY_LABELS
 
@@ -41,7 +43,29 @@ def test_onnx_copy_carries_labels_and_meta_and_a_manifest(tiny_model_path, tiny_
     manifest = json.loads(manifest_path(tiny_onnx).read_text())
     assert manifest["labels"] == TINY_LABELS and manifest["file"] == tiny_onnx.name
     assert manifest["bytes"] == tiny_onnx.stat().st_size
-    assert manifest["source"] == {"file": tiny_model_path.name, "sha256": model_identity(tiny_model_path)}
+    assert manifest["source"] == {"file": tiny_model_path.name, "sha256": file_sha256(tiny_model_path)}
+
+
+def test_the_manifest_records_the_evidence_a_worker_checks(tiny_model_path, tiny_onnx):
+    evidence = json.loads(manifest_path(tiny_onnx).read_text())["evidence"]
+    model = load_model(tiny_model_path)
+    with torch.inference_mode():  # the TorchScript model's own answers on the smoke batch
+        expected = torch.softmax(model.module(torch.from_numpy(smoke_batch())), dim=1).numpy()
+    assert evidence[SMOKE_ANSWERS]["labels"] == TINY_LABELS
+    np.testing.assert_allclose(evidence[SMOKE_ANSWERS]["probabilities"], expected, atol=1e-6)
+    recorded = model.meta[SMOKE_ANSWERS]  # what the model file recorded of itself when it was exported
+    assert recorded["labels"] == TINY_LABELS
+    np.testing.assert_allclose(evidence[SMOKE_ANSWERS]["probabilities"], recorded["probabilities"], atol=1e-6)
+    assert 0 <= evidence["max_difference"] <= evidence["tolerance"] == AGREEMENT_TOLERANCE
+    assert set(evidence["versions"]) == {"torch", "onnxruntime"} and all(evidence["versions"].values())
+
+
+def test_a_copy_without_the_models_answers_gets_no_manifest(tiny_model_path, impostor_onnx, tmp_path):
+    other = tmp_path / "other.onnx"
+    shutil.copy(impostor_onnx, other)
+    with pytest.raises(OnnxCopyUnavailable, match="disagrees"):
+        write_manifest(other, load_model(tiny_model_path))
+    assert not manifest_path(other).exists()
 
 
 def test_the_copy_is_offered_while_it_matches_the_served_model(tiny_model_path, tiny_onnx):

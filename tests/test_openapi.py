@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from app import create_app
+from web.errors import ERRORS, message
 
 from testing import ROOT
 from testing.load import send
@@ -40,6 +41,20 @@ def app_routes(app) -> set[tuple[str, str]]:
     }
 
 
+def resolved(document: dict, node: dict) -> dict:
+    """``node``, or what its ``$ref`` (``#/components/...``) points to in ``document``."""
+    while "$ref" in node:
+        target = document
+        for key in node["$ref"].removeprefix("#/").split("/"):
+            target = target[key]
+        node = target
+    return node
+
+
+def parameter(document: dict, path: str, method: str, name: str) -> dict:
+    return next(item for item in document["paths"][path][method]["parameters"] if item["name"] == name)
+
+
 def test_every_route_is_documented_and_nothing_else(app, client):
     document = client.get("/openapi.json").get_json()
     assert document["openapi"].startswith("3.")
@@ -54,15 +69,37 @@ def test_every_prediction_error_is_documented(client):
         assert {"200", "400", "401", "408", "413", "415", "503"} <= set(responses)
 
 
+def test_every_documented_error_is_the_tables(client):
+    document = client.get("/openapi.json").get_json()
+    documented = 0
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for status, response in operation["responses"].items():
+                codes = re.findall(r"^- `(\w+)`", response["description"], re.MULTILINE)
+                assert all(ERRORS[code].status == int(status) for code in codes), (status, codes)
+                if codes:
+                    assert resolved(document, response["content"]["application/json"]["schema"]) == \
+                        document["components"]["schemas"]["Error"]
+                documented += len(codes)
+    assert documented >= 20
+
+
 def test_the_document_states_this_apps_limits_and_labels(tiny_model_path):
     app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_model_path), "MAX_BATCH_FILES": 7})
     document = app.test_client().get("/openapi.json").get_json()
     batch = document["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["multipart/form-data"]
-    assert batch["schema"]["properties"]["file"]["maxItems"] == 7
-    top = document["components"]["parameters"]["top"]["schema"]
-    assert top["maximum"] == len(TINY_LABELS)
+    assert resolved(document, batch["schema"])["properties"]["file"]["maxItems"] == 7
+    for path in ("/predict", "/predict/batch"):
+        top = parameter(document, path, "post", "top")["schema"]
+        assert top["maximum"] == len(TINY_LABELS)
     assert document["components"]["schemas"]["LabelScore"]["properties"]["label"]["enum"] == TINY_LABELS
+    assert resolved(document, {"$ref": "#/components/schemas/FeedbackRequest"})["properties"]["label"]["enum"] == TINY_LABELS
     assert "security" not in document["paths"]["/predict"]["post"]
+    # The errors' statuses and messages are the table's, with this app's limits.
+    too_large = document["paths"]["/predict/batch"]["post"]["responses"]["413"]["description"]
+    assert "too_many_files" in too_large and "More than 7 files" in too_large
+    for code in ("payload_too_large", "image_too_large"):
+        assert message(code, app.config) in too_large
 
 
 def test_with_an_api_key_the_document_says_predict_needs_it(tiny_model_path):

@@ -15,11 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from classifier.model import read_meta
+
 from testing import ROOT
 from testing.ray_cluster import Cluster, ray_env
 from testing.samples import dataset_jpegs
 from testing.servers import free_port
 COMMAND_TIMEOUT = 240  # seconds: a cluster that hangs fails the test instead of the suite
+# Three classes per row, or all of a model with fewer (a user's may have two).
+TOP = str(min(3, read_meta(ROOT / "model.zip")["classes"]))
 # How Ray names them in each worker's log: decoding fused into the model actors (the
 # default), or model actors fed by decode tasks of their own (--ray-decode tasks).
 DECODING_MODEL_ACTOR = ":actor_name:MapWorker(MapBatches(_decode_batch)->MapBatches(_ModelActor))"
@@ -67,7 +71,7 @@ def summary(stderr: str) -> str:
 def test_two_node_cluster_gives_the_single_machine_answers(cluster, images, tmp_path):
     folder, paths = images
     single = tmp_path / "single.csv"
-    alone = predict(*paths, "--output", single, "--top", "3")
+    alone = predict(*paths, "--output", single, "--top", TOP)
     assert alone.returncode == 0, alone.stderr
     rows = single.read_text().splitlines()
     assert len(rows) == 1 + 32 + 2 and rows[0].startswith("path,label,score,label_2")
@@ -76,7 +80,7 @@ def test_two_node_cluster_gives_the_single_machine_answers(cluster, images, tmp_
 
     for decode_in in ("actors", "tasks"):
         on_ray = tmp_path / f"ray-{decode_in}.csv"
-        spread = predict(*paths, "--output", on_ray, "--top", "3", "--ray-decode", decode_in,
+        spread = predict(*paths, "--output", on_ray, "--top", TOP, "--ray-decode", decode_in,
                          "--ray", cluster.address, env=ray_env(cluster.token))
         assert spread.returncode == 0, spread.stderr
         assert on_ray.read_text() == single.read_text(), decode_in  # paths, order, labels, scores, errors

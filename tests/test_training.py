@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from classifier.export import ServedModel, export_model
+from training.export import ServedModel, export_model
 from training.data import augment, load_images, resolve_data_dir, stratified_split
 from training.loop import predict_probabilities
 from training.network import freeze_below, trainable_model

@@ -1,7 +1,8 @@
 """Model variants: int8 copies made and checked, and the rule that picks the one to serve.
 
 The int8 TorchScript path rebuilds the real architecture, so it is tested on the shipped
-model.zip (calibrated on a few data-set images); the ONNX paths on the tiny colour model.
+model.zip, whatever its classes (calibrated on a few fixture images); the ONNX paths on the
+tiny colour model.
 The table's judgement is tested on figures made up to hit each case.
 """
 
@@ -27,20 +28,28 @@ from testing import ROOT
 SHIPPED = ROOT / "model.zip"
 
 
-@pytest.fixture(scope="module")
-def classes(data_dir) -> list[str]:
-    return sorted(path.name for path in (data_dir / "ucmerced").iterdir() if path.is_dir())
-
-
-def images_of_every_class(data_dir, classes, positions) -> torch.Tensor:
-    """The images at ``positions`` of each class's sorted fixture files, position by position."""
-    files = {name: sorted((data_dir / "ucmerced" / name).glob("*.jpg")) for name in classes}
-    return load_images([files[name][i] for i in positions for name in classes])
+# Where the float model's best class leads its runner-up by this much, int8 must keep it: a
+# flip there takes more than quantisation's usual nudge (docs/model-variants.md measures it).
+DECISIVE_MARGIN = 0.1
 
 
 @pytest.fixture(scope="module")
-def shipped_int8_path(data_dir, classes, tmp_path_factory) -> Path:
-    calibration = images_of_every_class(data_dir, classes, [3])
+def classes() -> list[str]:
+    """The shipped model's own classes (whatever the notebook's user trained it on)."""
+    return list(load_model(SHIPPED).labels)
+
+
+def fixture_images(data_dir, positions) -> torch.Tensor:
+    """The images at ``positions`` of each fixture folder's sorted files, position by position:
+    inputs only, since the shipped model's classes need not be the fixtures'."""
+    folders = sorted(path for path in (data_dir / "ucmerced").iterdir() if path.is_dir())
+    files = [sorted(folder.glob("*.jpg")) for folder in folders]
+    return load_images([names[i] for i in positions for names in files])
+
+
+@pytest.fixture(scope="module")
+def shipped_int8_path(data_dir, tmp_path_factory) -> Path:
+    calibration = fixture_images(data_dir, [3])
     return quantize_torchscript_int8(SHIPPED, tmp_path_factory.mktemp("int8") / "model-int8.zip", calibration)
 
 
@@ -55,19 +64,24 @@ def test_torchscript_int8_is_a_model_file_the_service_loads(shipped_int8_path, c
     assert shipped_int8_path.stat().st_size < 0.4 * SHIPPED.stat().st_size
 
 
-def test_torchscript_int8_keeps_the_float_models_answers(shipped_int8_path, data_dir, classes):
-    images = images_of_every_class(data_dir, classes, [0, 1, 2])
-    targets = torch.arange(len(classes)).repeat(3)
+def test_torchscript_int8_keeps_the_float_models_answers(shipped_int8_path, data_dir):
+    images = fixture_images(data_dir, [0, 1, 2])
     reference = probabilities(TorchScriptRuntime(SHIPPED, threads=1), images)
-    result = agreement(reference, probabilities(TorchScriptRuntime(shipped_int8_path, threads=1), images), targets)
-    assert result.top1_agreement >= 0.95, result
-    assert result.max_probability_difference < 0.5, result
+    quantized = probabilities(TorchScriptRuntime(shipped_int8_path, threads=1), images)
+    best_two = reference.topk(2, dim=1).values
+    decisive = best_two[:, 0] - best_two[:, 1] > DECISIVE_MARGIN  # all of them for the UC Merced model
+    if decisive.any():  # a model sure of nothing here (a short trial run) has no answer to keep
+        result = agreement(reference[decisive], quantized[decisive], reference[decisive].argmax(1))
+        assert result.top1_agreement >= 0.95, result
+    assert float((reference - quantized).abs().max()) < 0.5
+    # And the scores as a whole stay close on every model: the mean total-variation distance.
+    assert float(0.5 * (reference - quantized).abs().sum(1).mean()) < 0.1
 
 
 def test_rebuilt_network_is_checked_against_the_file(data_dir, classes):
     frozen = load_model(SHIPPED).module
     network = rebuild_network(frozen, len(classes))
-    images = images_of_every_class(data_dir, classes, [0])[:2]
+    images = fixture_images(data_dir, [0])[:2]
     assert check_rebuild(frozen, network, images) < 1e-3
     with torch.no_grad():
         network._fc.bias += 0.5 * torch.arange(len(classes))  # a rebuild that went wrong

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from torch import nn
 
-from classifier.export import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, ServedModel
+from training.export import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, ServedModel
 
 ARCHITECTURE = "efficientnet-lite0"
 

@@ -3,7 +3,8 @@
 The float32 export goes through torch's TorchScript-based exporter, the one that accepts a
 frozen ``ScriptModule`` as it is (the torch.export-based exporter, torch's default since
 2.9, needs the eager network). Labels and meta.json travel inside the ONNX file as metadata,
-and a manifest beside it tells the server and the page what it is
+and a manifest beside it tells the server and the page what it is, with the evidence that it
+gives the model file's answers, which each worker checks again without torch
 (``classifier.onnx_copy``).
 
 The int8 copy is ONNX Runtime's static quantisation: QDQ format, per-channel symmetric int8
@@ -14,13 +15,19 @@ from __future__ import annotations
 
 import json
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from classifier.onnx_copy import write_manifest
+from classifier.engines import OnnxRuntimeEngine, TorchScriptEngine, softmax
+from classifier.errors import OnnxCopyUnavailable
 from classifier.images import INPUT_SIZE
-from classifier.model import load_model
+from classifier.model import SMOKE_ANSWERS, LoadedModel, load_model, smoke_batch
+from classifier.onnx_copy import AGREEMENT_TOLERANCE, file_sha256, manifest_path
+
+from .export import smoke_answers
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
@@ -29,7 +36,7 @@ OPSET = 17
 
 
 def export_onnx(model_path: str | Path, onnx_path: str | Path, manifest: bool = True) -> Path:
-    """Export a model file to ONNX float32 with a dynamic batch size; write its manifest."""
+    """Export a model file to ONNX float32 with a dynamic batch size; write its manifest and evidence."""
     import onnx
 
     loaded = load_model(model_path)
@@ -58,8 +65,58 @@ def export_onnx(model_path: str | Path, onnx_path: str | Path, manifest: bool = 
     model.doc_string = f"{loaded.name} {loaded.version}, exported from {Path(model_path).name}"
     onnx.save(model, str(onnx_path))
     if manifest:
-        write_manifest(onnx_path, model_path, loaded.labels, loaded.meta)
+        write_manifest(onnx_path, loaded)
     return onnx_path
+
+
+def write_manifest(onnx_path: str | Path, model: LoadedModel) -> Path:
+    """Describe ``onnx_path``, exported from ``model`` (loaded with torch), with the evidence workers check.
+
+    Raises ``OnnxCopyUnavailable`` when the copy does not give the model's answers.
+    """
+    onnx_path, model_path = Path(onnx_path), Path(model.path)
+    expected = TorchScriptEngine(model)(smoke_batch())
+    got = OnnxRuntimeEngine(onnx_path, threads=1)(smoke_batch())
+    difference = float(np.abs(softmax(got) - softmax(expected)).max())
+    if not difference <= AGREEMENT_TOLERANCE:
+        raise OnnxCopyUnavailable(f"{onnx_path} disagrees with {model_path} on the smoke batch "
+                                  f"(max |Δp| {difference:.1e}).")
+    manifest = {
+        "format": "onnx",
+        "file": onnx_path.name,
+        "sha256": file_sha256(onnx_path),
+        "bytes": onnx_path.stat().st_size,
+        "name": model.meta.get("name", ""),
+        "version": model.meta.get("version", ""),
+        "labels": list(model.labels),
+        "input": {
+            "name": "pixels",
+            "shape": ["batch", 3, 224, 224],
+            "description": "RGB in [0, 1], resized to 224x224 as the server does (Pillow bilinear, no crop)",
+        },
+        "output": {"name": "logits", "shape": ["batch", len(model.labels)]},
+        "source": {"file": model_path.name, "sha256": file_sha256(model_path)},
+        "evidence": {
+            SMOKE_ANSWERS: smoke_answers(model.labels, expected),
+            "max_difference": float(f"{difference:.2e}"),
+            "tolerance": AGREEMENT_TOLERANCE,
+            "versions": installed_versions("torch", "onnxruntime"),
+        },
+    }
+    path = manifest_path(onnx_path)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def installed_versions(*packages: str) -> dict[str, str]:
+    """Each package's installed version, read from its metadata (nothing is imported); "" if absent."""
+    found = {}
+    for package in packages:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = ""
+    return found
 
 
 class _Batches:

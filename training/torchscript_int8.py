@@ -5,7 +5,7 @@ constants of a graph, so torch's quantisation tools cannot work on it directly. 
 EfficientNet-Lite0 is rebuilt instead, with the frozen weights copied in (convolutions in
 the order they run, batch norm replaced by identity), checked against the file, quantised
 with FX graph mode and post-training calibration, and exported with
-``classifier.export.export_model`` like every other model file.
+``training.export.export_model`` like every other model file.
 
 Measured on this project's model: the quantised weights must be packed for oneDNN. With
 torch's default ``x86`` engine (fbgemm underneath) the same file ran 8 times slower, and
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from classifier.export import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, export_model
+from training.export import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, export_model
 from classifier.onnx_copy import file_sha256
 from classifier.model import QUANTIZED_ENGINE, load_model
 

@@ -283,9 +283,9 @@ def recommendation(report: Report) -> str:
         parts.append(
             f"**Served: {served.variant.name}** (`{_path(served.variant.path)}`): {versus(served)}. "
             "`INFERENCE_ENGINE=auto` (the default) finds it beside the model file, checks that its "
-            "manifest names that file and that both engines agree on a smoke batch, and runs it "
-            "with ONNX Runtime; where it is missing or stale the service runs the TorchScript "
-            "file and logs why (`classifier/engines.py`)."
+            "manifest names that file and that ONNX Runtime gives the TorchScript answers recorded "
+            "for it on a smoke batch, and runs it with ONNX Runtime; where it is missing or stale "
+            "the service runs the TorchScript file and says why (`classifier/onnx_copy.py`)."
         )
     faster = [row for row in acceptable if not row.exact and row.latency_ms[1] < served.latency_ms[1]]
     opt_in = [row for row in faster if row.variant.served_by_the_service]

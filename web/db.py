@@ -7,7 +7,7 @@ the pool. ``DATABASE_URL`` names it: PostgreSQL (``postgresql://`` or Heroku's
 instance folder. SQLAlchemy Core does the talking, so both run the same statements.
 
 A database that is down at start does not stop the app: predictions are still answered
-(web/recording.py counts what could not be stored) and the schema is set up on the first
+(web/records.py counts what could not be stored) and the schema is set up on the first
 connection that works. A URL that cannot name a database does stop it.
 """
 
@@ -157,7 +157,7 @@ def _tune_sqlite(dbapi_connection, _record) -> None:
 
 class Database:
     """The app's engine, whether its schema is known to be in place, and this process's
-    recording clock (web/recording.py): when to try a failed database again, when to prune."""
+    recording clock (web/records.py): when to try a failed database again, when to prune."""
 
     def __init__(self, engine: Engine):
         self.engine = engine

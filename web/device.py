@@ -11,13 +11,22 @@ import logging
 from pathlib import Path
 from urllib.parse import quote
 
-from flask import Blueprint, Response, current_app, jsonify, request, send_file, url_for
+from flask import Response, current_app, jsonify, request, send_file, url_for
+from marshmallow import fields
 
 from classifier.errors import OnnxCopyUnavailable
 from classifier.onnx_copy import OnnxCopy, matching_onnx_copy
 
-device = Blueprint("device", __name__)
+from .api_spec import Blueprint, Schema
+
+device = Blueprint("device", __name__, description="The model for the browser")
 log = logging.getLogger(__name__)
+
+
+class Manifest(Schema):
+    labels = fields.List(fields.String(), required=True)
+    sha256 = fields.String(required=True)
+    url = fields.String(required=True)
 
 
 @device.record_once
@@ -38,13 +47,20 @@ def current_device_model() -> OnnxCopy:
 
 
 @device.get("/model.onnx.json")
+@device.response(200, Manifest, description="Labels, hash and URL of model.onnx.")
+@device.errors("device_model_unavailable")
 def manifest():
+    """The manifest of the model's ONNX copy, which the page runs in the browser"""
     model = current_device_model()
     return jsonify({**model.manifest, "url": url_for("device.onnx_file")})
 
 
 @device.get("/model.onnx")
+@device.response(200, {"type": "string", "format": "binary"}, content_type="application/octet-stream",
+                 description="The ONNX file.")
+@device.errors("device_model_unavailable")
 def onnx_file():
+    """The served model as ONNX float32, for onnxruntime-web"""
     model = current_device_model()
     handed_over = hand_to_front(model.path)
     if handed_over is not None:

@@ -16,8 +16,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import click
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Flask, current_app, jsonify
 from flask.cli import with_appcontext
+from marshmallow import fields, validate
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import and_, case, func, select, update
@@ -26,29 +27,130 @@ from sqlalchemy.exc import SQLAlchemyError
 from classifier.drift import REFERENCE_KEY, drift_score, reference_distribution
 from classifier.errors import InvalidParameter
 
-from . import db, metrics, recording
-from .access_log import REQUEST_ID_PATTERN
-from .api import query_value
-from .auth import api_key_required
+from . import db, records, telemetry
+from .api import api_key_required, query_value
+from .api_spec import Blueprint, Label, Schema, Setting
 from .errors import ApiError
+from .telemetry import REQUEST_ID_PATTERN
 from .served_model import get_classifier, loaded_classifier
-from .settings import parse_duration
+from .settings import DURATION_PATTERN, MAX_DURATION_S, parse_duration
 
 log = logging.getLogger(__name__)
 
-monitoring = Blueprint("monitoring", __name__)
+monitoring = Blueprint("monitoring", __name__, description="Watch the served model: feedback and figures")
 
 MAX_ITEM = 10_000
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ID_MESSAGE = ("'request_id' must be the X-Request-ID header of the answer "
+               "(1 to 128 of: letters, digits, ._:+/=-).")
+_LABEL_MESSAGE = "'label' must be the right class, as a string."
+_ITEM_MESSAGE = f"'item' must be the image's place in its batch, from 0 to {MAX_ITEM}."
+
+
+class FeedbackRequest(Schema):
+    error_messages = {"type": 'Send a JSON object: {"request_id": "<the X-Request-ID of the answer>", '
+                              '"label": "<the right class>"}.'}
+    request_id = fields.String(
+        # The whole value must match (\Z: Python's $ allows a trailing newline); the document
+        # states the same pattern in JSON Schema's spelling.
+        required=True, validate=validate.Regexp(rf"(?:{REQUEST_ID_PATTERN.pattern})\Z", error=_ID_MESSAGE),
+        metadata={"pattern": f"^{REQUEST_ID_PATTERN.pattern}$"},
+        error_messages={"required": _ID_MESSAGE, "invalid": _ID_MESSAGE})
+    label = Label(required=True, validate=validate.Length(min=1, error=_LABEL_MESSAGE), error_messages={
+        "required": _LABEL_MESSAGE, "invalid": _LABEL_MESSAGE})
+    item = fields.Integer(strict=True, load_default=0, metadata={"default": 0},
+                          validate=validate.Range(0, MAX_ITEM, error=_ITEM_MESSAGE),
+                          error_messages={"invalid": _ITEM_MESSAGE})
+
+
+class Feedback(Schema):
+    request_id = fields.String(required=True)
+    item = fields.Integer(required=True, validate=validate.Range(min=0))
+    label = fields.String(required=True)
+    predicted = fields.String(required=True)
+    correct = fields.Boolean(required=True)
+    replaced = fields.String(required=True, allow_none=True,
+                             metadata={"description": "The earlier answer this one replaced."})
+
+
+class WindowQuery(Schema):
+    window = fields.String(metadata={
+        "description": "How far back to look: a whole number and s, m, h or d (at most "
+                       f"{MAX_DURATION_S // 86400}d); empty means the default.",
+        "pattern": f"^{DURATION_PATTERN.pattern}$", "default": Setting("MONITORING_WINDOW")})
+
+
+_COUNT = {"required": True, "validate": validate.Range(min=0)}
+_SHARE = {"required": True, "allow_none": True, "validate": validate.Range(0, 1)}
+
+
+class ModelName(Schema):
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+
+
+class Window(Schema):
+    seconds = fields.Integer(**_COUNT)
+    since = fields.String(required=True)
+    until = fields.String(required=True)
+
+
+class Predictions(Schema):
+    total = fields.Integer(**_COUNT)
+    by_label = fields.Dict(keys=fields.String(), values=fields.Integer(validate=validate.Range(min=0)),
+                           required=True)
+
+
+class FeedbackFigures(Schema):
+    total = fields.Integer(**_COUNT)
+    correct = fields.Integer(**_COUNT)
+    accuracy = fields.Float(**_SHARE)
+
+
+class LowConfidence(Schema):
+    threshold = fields.Float(**_SHARE)
+    total = fields.Integer(**_COUNT)
+    share = fields.Float(**_SHARE)
+
+
+class Drift(Schema):
+    score = fields.Float(**_SHARE)
+    threshold = fields.Float(required=True)
+    drifting = fields.Boolean(required=True, allow_none=True)
+    reason = fields.String(required=True, allow_none=True)
+
+
+class Report(Schema):
+    model = fields.Nested(ModelName, required=True)
+    window = fields.Nested(Window, required=True)
+    predictions = fields.Nested(Predictions, required=True)
+    feedback = fields.Nested(FeedbackFigures, required=True)
+    low_confidence = fields.Nested(LowConfidence, required=True)
+    drift = fields.Nested(Drift, required=True)
 
 
 @monitoring.post("/feedback")
 @api_key_required
-def feedback():
-    classifier = get_classifier()
-    request_id, item, label = read_feedback(classifier.labels)
+@monitoring.arguments(FeedbackRequest)
+@monitoring.response(200, Feedback, description="Recorded.")
+@monitoring.errors("invalid_parameter", "unknown_label", "unauthorized", "unknown_request_id",
+                   "model_not_ready", "database_unavailable")
+def feedback(body: dict):
+    """Say which class an earlier prediction should have been
+
+    Names the prediction by the X-Request-ID header its answer carried (and `item`, its
+    place in a batch). A later answer for the same prediction replaces the earlier one;
+    `replaced` says what it replaced.
+    """
+    return jsonify(record_feedback(body["request_id"], body["item"], body["label"]))
+
+
+def record_feedback(request_id: str, item: int, label: str) -> dict:
+    """Store ``label`` as the right class of the prediction ``request_id`` (its ``item``)."""
+    if label not in get_classifier().labels:
+        raise ApiError("unknown_label", f"The model has no class {label!r}. GET /model lists its classes.")
     try:
-        recording.flush()  # this worker's queued records: a prediction it answered just now
+        records.flush()  # this worker's queued records: a prediction it answered just now
         outcome = db.run(lambda connection: give_feedback(connection, request_id, item, label))
         if outcome is None:
             # Another worker may hold the record in its queue: it writes it within a flush
@@ -66,35 +168,7 @@ def feedback():
             + ". Send the X-Request-ID header of the answer you are correcting; predictions "
             f"older than {current_app.config['RETENTION_DAYS']} days are no longer kept.",
         )
-    return jsonify(outcome)
-
-
-def read_feedback(labels: tuple[str, ...]) -> tuple[str, int, str]:
-    """``{"request_id": str, "label": str, "item": int (optional)}`` from the body, checked."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise InvalidParameter(
-            'Send a JSON object: {"request_id": "<the X-Request-ID of the answer>", "label": "<the right class>"}.'
-        )
-    request_id, label, item = body.get("request_id"), body.get("label"), body.get("item", 0)
-    if not isinstance(request_id, str) or not REQUEST_ID_PATTERN.fullmatch(request_id):
-        raise InvalidParameter(
-            "'request_id' must be the X-Request-ID header of the answer: 1 to 128 letters, digits or ._:+/=-"
-        )
-    if not isinstance(label, str) or not label:
-        raise InvalidParameter("'label' must be the right class, as a string.")
-    if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= MAX_ITEM:
-        raise InvalidParameter(f"'item' must be the image's place in its batch, from 0 to {MAX_ITEM}.")
-    if label not in labels:
-        raise UnknownLabel(label)
-    return request_id, item, label
-
-
-class UnknownLabel(InvalidParameter):
-    code = "unknown_label"
-
-    def __init__(self, label: str):
-        super().__init__(f"The model has no class {label!r}. GET /model lists its classes.")
+    return outcome
 
 
 def give_feedback(connection, request_id: str, item: int, label: str) -> dict | None:
@@ -124,20 +198,27 @@ def give_feedback(connection, request_id: str, item: int, label: str) -> dict | 
 
 
 @monitoring.get("/monitoring")
+@monitoring.doc(parameters=[{"in": "query", "schema": WindowQuery}])
+@monitoring.response(200, Report, description="The figures.")
+@monitoring.errors("invalid_parameter", "model_not_ready", "database_unavailable")
 def monitoring_report():
+    """The served model's predictions, feedback, confidence and drift over a window"""
+    return jsonify(report(query_value("window") or current_app.config["MONITORING_WINDOW"]))
+
+
+def report(window: str) -> dict:
+    """GET /monitoring's figures over the last ``window`` (a duration such as ``7d``)."""
     classifier = get_classifier()
-    raw = query_value("window") or current_app.config["MONITORING_WINDOW"]
     try:
-        seconds = parse_duration(raw)
+        seconds = parse_duration(window)
     except ValueError as error:
         raise InvalidParameter(f"'window': {error}") from None
-    recording.flush()
+    records.flush()
     try:
-        report = db.run(lambda connection: window_report(connection, classifier, seconds))
+        return db.run(lambda connection: window_report(connection, classifier, seconds))
     except SQLAlchemyError as error:
         log.error("monitoring figures unavailable: %s", db.error_reason(error))
         raise ApiError("database_unavailable") from None
-    return jsonify(report)
 
 
 def window_report(connection, classifier, seconds: int) -> dict:
@@ -196,7 +277,7 @@ def _iso(moment) -> str:
 
 
 def scrape_figures() -> bytes:
-    """The window's figures for /metrics, in Prometheus text format (web/metrics.py adds them)."""
+    """The window's figures for /metrics, in Prometheus text format (web/telemetry.py adds them)."""
     classifier = loaded_classifier()
     if classifier is None:  # no served model yet, so no figures for it
         return b""
@@ -260,7 +341,7 @@ def export_feedback_command(directory: str) -> None:
     Only predictions recorded with KEEP_IMAGES on have images. Running it again rewrites
     the same files.
     """
-    recording.flush()
+    records.flush()
     try:
         written, skipped = db.run(lambda connection: export_feedback(connection, Path(directory)))
     except SQLAlchemyError as error:
@@ -297,12 +378,11 @@ def file_stem(request_id: str, item: int) -> str:
 
 
 def init_app(app: Flask) -> None:
-    """Recording, feedback and monitoring: the database, the routes, /metrics figures, the command."""
+    """Recording and monitoring: the database, /metrics figures, the command (app.py registers the routes)."""
     db.init_app(app)
-    recording.init_app(app)
-    app.register_blueprint(monitoring)
+    records.init_app(app)
     # Queued records first, so that this scrape counts them (written or lost).
-    app.extensions.setdefault(metrics.SCRAPE_PREPARE, []).append(recording.flush)
-    app.extensions.setdefault(metrics.SCRAPE_EXTRAS, []).append(scrape_figures)
+    app.extensions.setdefault(telemetry.SCRAPE_PREPARE, []).append(records.flush)
+    app.extensions.setdefault(telemetry.SCRAPE_EXTRAS, []).append(scrape_figures)
     app.cli.add_command(export_feedback_command)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template
+from flask import current_app, render_template
 
-pages = Blueprint("pages", __name__)
+from .api_spec import Blueprint
+
+pages = Blueprint("pages", __name__, description="The browser page")
 
 # Everything the page loads comes from this app ('self'); it sends images to the API, which
 # may be another origin (?api=, API_BASE), so fetch may go to any http(s) origin. Previews
@@ -25,7 +27,10 @@ CONTENT_SECURITY_POLICY = "; ".join(
 
 
 @pages.get("/")
+@pages.alt_response(200, schema={"type": "string"}, content_type="text/html", description="HTML",
+                    success=True)
 def index():
+    """The browser page"""
     return render_template(
         "index.html",
         api_base=current_app.config["API_BASE"],

@@ -18,7 +18,7 @@ from flask import Flask, current_app
 
 from classifier.pipeline import Classifier
 
-from . import metrics
+from . import telemetry
 from .settings import read_runtime
 
 EXTENSION_KEY = "classifier"
@@ -58,9 +58,9 @@ def load(app: Flask) -> Classifier:
     """Load, check and warm up the model; a bad file stops start-up with the reason."""
     classifier = Classifier.setup(app.config["MODEL_PATH"], **setup_options(app.config))
     # Observed from here on: the warm-up and smoke test are not served inferences.
-    classifier.on_inference = metrics.observe_inference
+    classifier.on_inference = telemetry.observe_inference
     app.extensions[EXTENSION_KEY] = classifier
-    metrics.set_model_info(classifier.model.name, classifier.model.version)
+    telemetry.set_model_info(classifier.model.name, classifier.model.version)
     log.info(
         "model %s %s loaded in %.2fs (%d classes, %s engine, %d threads; %s)",
         classifier.model.name,
@@ -106,5 +106,4 @@ def setup_options(config, threads: int | None = None) -> dict:
         "threads": threads or config["TORCH_THREADS"],
         "engine": config["INFERENCE_ENGINE"],
         "onnx_path": config["ONNX_MODEL_PATH"] or None,
-        "check_store": config.get("VERIFIED_COPIES_DIR") or None,
     }

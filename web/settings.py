@@ -164,9 +164,6 @@ SETTINGS: tuple[Setting, ...] = (
             "else TorchScript), onnxruntime (insist) or torchscript."),
     Setting("ONNX_MODEL_PATH", "model.onnx", text,
             "The ONNX copy of MODEL_PATH that ONNX Runtime serves (made by make variants); empty: TorchScript only."),
-    Setting("VERIFIED_COPIES_DIR", "", text,
-            "Where the check of ONNX_MODEL_PATH against MODEL_PATH is recorded; unset, a directory of the user's "
-            "under the temporary directory."),
     Setting("DEVICE_MODEL_PATH", "model.onnx", text,
             "The ONNX copy the page's 'On this device' switch runs in the browser (it publishes the weights); "
             "empty: no switch."),

@@ -1,35 +1,46 @@
-"""A worker's prediction records, written in batches by a thread of its own.
+"""Every prediction the API answers is written to the monitoring database (web/db.py).
 
-A request only appends its rows to a bounded queue (web/recording.py); this thread writes
-what is waiting with one multi-row INSERT and one commit, at most ``flush_s`` after the first
-row arrived, or at once when ``batch_rows`` are waiting. So no request waits for the database,
-and the database sees one transaction per batch instead of one per request
-(docs/monitoring.md has the measured cost).
+Recording never fails or delays a prediction: a request only counts its predictions and
+appends its records to a bounded queue (``record_predictions``), and a thread in each worker
+(``RecordWriter``) writes what is waiting with one multi-row INSERT and one commit, at most
+``RECORD_FLUSH_MS`` after the first row arrived, or at once when ``batch_rows`` are waiting.
+So no request waits for the database, and the database sees one transaction per batch
+instead of one per request (docs/monitoring.md has the measured cost). With ``KEEP_IMAGES``
+the 224x224 copy of each image the model saw is stored beside its prediction, as a PNG. Code
+that reads the database calls ``flush()`` first, so that it sees this worker's own records.
 
-What can be lost, and how it is counted (``prediction_records_lost_total{reason}``):
-``queue_full`` when the queue is at its limit (a database slower than the traffic, or down
-and not yet known to be), ``database_unavailable`` for a batch the database refused,
-``duplicate_request_id`` for a client that reused an X-Request-ID, and ``write_failed`` for
-anything else that went wrong in writing (a bug: logged with its traceback). ``close()``, at exit
-(a gunicorn worker leaves through sys.exit, so atexit runs), writes what is left, so a graceful
-stop loses nothing; a worker killed outright loses what was waiting, at most one flush interval
-of records.
+What can be lost, and how it is counted in /metrics (``prediction_records_lost_total{reason}``)
+and logged: ``queue_full`` when the queue is at its limit (a database slower than the
+traffic, or down and not yet known to be), ``database_unavailable`` for a batch the database
+refused (after which it is left alone for ``RETRY_AFTER_S``, so a database that hangs costs
+one connect timeout, not one per batch), ``duplicate_request_id`` for a client that reused an
+X-Request-ID, and ``write_failed`` for anything else that went wrong in writing (a bug: logged
+with its traceback). ``close()``, at exit (a gunicorn worker leaves through sys.exit, so
+atexit runs), writes what is left, so a graceful stop loses nothing; a worker killed outright
+loses what was waiting, at most one flush interval of records. Old rows are pruned now and
+then (``RETENTION_DAYS``, ``RETENTION_MAX_PREDICTIONS``).
 """
 
 from __future__ import annotations
 
 import atexit
+import io
 import logging
 import threading
 import time
 import weakref
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
+from flask import Flask, current_app
+from PIL import Image
 from prometheus_client import Counter
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from classifier.errors import InputError
+
 from . import db
+from .telemetry import request_id
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +56,68 @@ RECORDS_LOST = Counter("prediction_records_lost",
 
 _INSERT = insert(db.predictions)  # built once; SQLAlchemy caches its compiled form
 _COLUMNS = ("request_id", "item", "created_at", "model_name", "model_version", "label", "score", "top", "image")
+
+
+WRITER_KEY = "prediction_record_writer"
+
+PREDICTIONS = Counter("model_predictions", "Predictions answered, by model, version and predicted label.",
+                      ["model", "version", "label"])
+
+
+def record_predictions(classifier, images: Sequence, results: Sequence) -> None:
+    """Count and queue the predictions of this request (a batch's errors, in place, are skipped).
+
+    ``classifier`` is the served ``Classifier``; ``images`` what it prepared of each upload
+    (``Classifier.prepare``), ``results`` its ``Prediction`` for each, or the ``InputError``
+    that item got.
+    """
+    name, version = classifier.model.name, classifier.model.version  # properties: read once
+    answered = [(item, image, result) for item, (image, result) in enumerate(zip(images, results))
+                if not isinstance(result, InputError)]
+    for _, _, prediction in answered:
+        PREDICTIONS.labels(name, version, prediction.top[0][0]).inc()
+    config = current_app.config
+    if not answered or not config["RECORD_PREDICTIONS"]:
+        return
+    now, rid, keep = db.utcnow(), request_id(), config["KEEP_IMAGES"]
+    writer(current_app).submit([
+        Record(rid, item, now, name, version, prediction.top[0][0], prediction.top[0][1],
+               [[label, score] for label, score in prediction.top],
+               png_bytes(image) if keep else None)
+        for item, image, prediction in answered
+    ])
+
+
+def writer(app: Flask) -> RecordWriter:
+    """This app's record writer in this process."""
+    return app.extensions[WRITER_KEY]
+
+
+def flush(app: Flask | None = None) -> None:
+    """Write this worker's queued records now: before reading them back (feedback, /monitoring)."""
+    app = app or current_app
+    if WRITER_KEY in app.extensions:
+        writer(app).flush()
+
+
+def init_app(app: Flask) -> None:
+    config = app.config
+    database = db.get_database(app)
+
+    def prune() -> int:
+        return db.in_transaction(database.engine, lambda connection: db.prune(
+            connection, config["RETENTION_DAYS"], config["RETENTION_MAX_PREDICTIONS"]))
+
+    app.extensions[WRITER_KEY] = RecordWriter(database, queue_limit=int(config["RECORD_QUEUE_LIMIT"]),
+                                              flush_s=int(config["RECORD_FLUSH_MS"]) / 1000, prune=prune)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The image as the model saw it (decoded, upright, 224x224), as PNG bytes."""
+    buffer = io.BytesIO()
+    # The fastest compression: the request waits for it (docs/monitoring.md has the figures).
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 class Record(NamedTuple):

@@ -1,7 +1,7 @@
 """Write a trained network as a model file under the contract: the one way to export.
 
-The notebook, the stand-in script and the tests all call ``export_model``, so every model
-file the service sees was built the same way. (No `from __future__ import annotations`
+The notebook, the int8 variant and the tests all call ``export_model``, so every model file
+the service sees was built the same way. Serving never imports this module: it needs torch. (No `from __future__ import annotations`
 here: TorchScript reads the real `List[str]` annotation.)
 """
 
@@ -12,8 +12,11 @@ from typing import List, Sequence, Union
 import torch
 from torch import nn
 
-from .images import INPUT_SIZE
-from .model import META_FILE
+import numpy as np
+
+from classifier.engines import softmax
+from classifier.images import INPUT_SIZE
+from classifier.model import META_FILE, SMOKE_ANSWERS, smoke_batch
 
 
 class ServedModel(nn.Module):
@@ -41,6 +44,13 @@ EFFICIENTNET_LITE_MEAN = (127.0 / 255,) * 3
 EFFICIENTNET_LITE_STD = (128.0 / 255,) * 3
 
 
+def smoke_answers(labels, logits: np.ndarray) -> dict:
+    """A model's own answers on ``smoke_batch()``, as meta.json and the ONNX manifest record them."""
+    probabilities = np.round(softmax(np.asarray(logits)), 8)  # far below the tolerance, and readable
+    return {"images": "classifier.model.smoke_batch()", "labels": list(labels),
+            "probabilities": probabilities.tolist()}
+
+
 def export_model(
     network: nn.Module,
     labels: Sequence[str],
@@ -49,7 +59,11 @@ def export_model(
     mean=EFFICIENTNET_LITE_MEAN,
     std=EFFICIENTNET_LITE_STD,
 ) -> Path:
-    """Trace, freeze and save ``network`` with normalisation, labels and meta.json."""
+    """Trace, freeze and save ``network`` with normalisation, labels and meta.json.
+
+    meta.json also records the file's own answers on the smoke batch: the reference that its
+    ONNX copy is held to when a worker serves it without torch (classifier/onnx_copy.py).
+    """
     path = Path(path)
     # Trace the network (any Python it has is fine) and script the wrapper around it:
     # tracing alone would drop `labels`, which is not a tensor.
@@ -59,7 +73,10 @@ def export_model(
     wrapped = torch.jit.script(ServedModel(traced, labels, mean, std).eval())
     # Freezing inlines weights as constants for speed; `labels` must be kept by name.
     frozen = torch.jit.freeze(wrapped, preserved_attrs=["labels"])
-    full_meta = {**meta, "classes": len(labels), "input_size": list(INPUT_SIZE)}  # what the file holds wins
+    with torch.inference_mode():
+        answers = smoke_answers(labels, frozen(torch.from_numpy(smoke_batch())).float().numpy())
+    # What the file holds wins (a variant's meta starts as its source's).
+    full_meta = {**meta, "classes": len(labels), "input_size": list(INPUT_SIZE), SMOKE_ANSWERS: answers}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.save(frozen, str(path), _extra_files={META_FILE: json.dumps(full_meta, indent=2)})
     return path
