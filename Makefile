@@ -12,13 +12,16 @@ export CHROMIUM ?= /usr/bin/chromium
 # The front (bin/start-nginx, docs/front.md) runs Debian's nginx. Set NGINX_BINARY to use another.
 export NGINX_BINARY ?= /usr/sbin/nginx
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
+# What makes nginx ignore SIGTERM, so that a stop loses no request (docs/operations.md): built
+# by bin/post_compile, the build step a git push runs after pip, here as there.
+IGNORE_SIGTERM = front/nginx_ignores_sigterm.so
 
 .PHONY: run test test-deploy bench data install install-dev variants vendor postgresql-server
 
-run: $(VENV)/.run-installed $(NGINX_BINARY)
+run: $(VENV)/.run-installed $(NGINX_BINARY) $(IGNORE_SIGTERM)
 	PORT=$(PORT) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sh -c "$$(sed -n 's/^web: //p' Procfile)"
 
-test: $(VENV)/.dev-installed $(CHROMIUM) $(NGINX_BINARY) postgresql-server
+test: $(VENV)/.dev-installed $(CHROMIUM) $(NGINX_BINARY) $(IGNORE_SIGTERM) postgresql-server
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The git-push deploy test builds a whole release from scratch (several minutes), so it has
@@ -28,7 +31,7 @@ test-deploy: $(VENV)/.dev-installed $(NGINX_BINARY)
 
 # The benchmark (bench/README.md, which says how long it takes): every contender side by side; it
 # rewrites bench/RESULTS.md, bench/results.json and bench/results.png.
-bench: $(VENV)/.dev-installed $(NGINX_BINARY)
+bench: $(VENV)/.dev-installed $(NGINX_BINARY) $(IGNORE_SIGTERM)
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
 
 # The full data set, for training and `make bench` only (the tests use tests/fixtures/):
@@ -40,6 +43,9 @@ data:
 
 install: $(VENV)/.run-installed
 install-dev: $(VENV)/.dev-installed
+
+$(IGNORE_SIGTERM): front/nginx_ignores_sigterm.c bin/post_compile
+	bin/post_compile
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -1,12 +1,13 @@
 """gunicorn settings; every one can be overridden from the environment or the command line.
 
 The model is loaded in each worker after it forks (no preload_app): torch's thread pools
-do not survive fork, and a preloaded torch can hang the workers. Two hooks: the front's
-ready file, and the metrics of a worker that exits. A worker that stops leaves through
-sys.exit, so the app's own atexit handlers run (web/records.py writes its queue).
+do not survive fork, and a preloaded torch can hang the workers. Three hooks: who may stop
+gunicorn and the front's ready file (front/hooks.py), and the metrics of a worker that
+exits. A worker that stops leaves through sys.exit, so the app's own atexit handlers run
+(web/records.py writes its queue).
 """
 
-from front import ready
+from front import hooks
 from web.settings import read_runtime, read_settings
 
 settings, runtime = read_settings(), read_runtime()
@@ -61,8 +62,11 @@ logconfig_dict = {
 control_socket_disable = True
 
 
-# Tell the front when every worker has warmed up the model, so that nginx opens $PORT then.
-post_worker_init = ready.post_worker_init
+# The front's two hand-overs (front/hooks.py): a SIGTERM is taken from the front only, which
+# sends it once nginx has drained; and the front hears when every worker has warmed up the
+# model, so that nginx opens $PORT then.
+when_ready = hooks.when_ready
+post_worker_init = hooks.post_worker_init
 
 
 def child_exit(_server, worker):

@@ -4,15 +4,19 @@
     python3 deploy/paas.py init DIR            # DIR/app.git is the git remote to push to
     python3 deploy/paas.py config DIR K=V ...  # config vars, like `heroku config:set`
     git push DIR/app.git HEAD:main             # the post-receive hook builds and releases
-    python3 deploy/paas.py status DIR          # the live release: URL, build time, slug size
-    python3 deploy/paas.py stop DIR            # stop every web process this platform started
+    python3 deploy/paas.py status DIR          # the live release: the app's URL, build time, slug size
+    python3 deploy/paas.py stop DIR            # stop the router and every web process this platform started
 
 On each push to ``main`` the hook builds a release from the pushed commit: the tree minus
 ``.slugignore``, a fresh virtualenv from ``requirements.txt`` on the Python that
-``runtime.txt`` names, then it measures the slug (refusing one over the platform's limit),
-starts the Procfile's ``web`` process with ``PORT`` set, waits for the health check from
-``app.json`` and only then switches to it and stops the previous release. A release that
-fails to build or boot is discarded and the previous one keeps serving.
+``runtime.txt`` names, then ``bin/post_compile`` if the app has one (as Heroku's Python
+buildpack runs it); it measures the slug (refusing one over the platform's limit), starts
+the Procfile's ``web`` process with ``PORT`` set and waits for the health check from
+``app.json``. Only then does the router (nginx, in front of the live release at the app's
+one address, as Heroku's router is) switch to it, and the previous release is stopped as a
+dyno is: SIGTERM to every process of it, SIGKILL 30 s later. That is Heroku's preboot: no
+request fails across a release. A release that fails to build or boot is discarded and the
+previous one keeps serving.
 
 Standard library only: this is the platform, not the app, and it runs on any python3.
 The web process serves loopback only (``LISTEN_ADDRESS=127.0.0.1``), as a test machine must.
@@ -28,6 +32,7 @@ import re
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import tempfile
@@ -44,6 +49,9 @@ DEFAULT_BOOT_TIMEOUT_S = 120
 DEFAULT_PIP_RETRIES = "0"
 STOP_TIMEOUT_S = 30
 MEGABYTE = 1024 * 1024
+ROUTER_TEMPLATE = Path(__file__).resolve().with_name("router.conf.template")
+# A reload lets the router's previous workers finish their requests (worker_shutdown_timeout).
+ROUTER_SWITCH_TIMEOUT_S = 60
 
 
 class DeployError(Exception):
@@ -64,6 +72,8 @@ class Platform:
         self.cache = self.root / "cache"
         self.config_file = self.root / "config.json"
         self.current_file = self.root / "current.json"
+        self.router = self.root / "router"
+        self.router_file = self.root / "router.json"
 
     def config_vars(self) -> dict:
         return _read_json(self.config_file, {})
@@ -77,6 +87,13 @@ class Platform:
 
     def next_number(self) -> int:
         return max((record["number"] for record in self.release_records()), default=0) + 1
+
+    def router_state(self) -> dict:
+        """The router's port (chosen at init: the app's address) and its process, once started."""
+        return _read_json(self.router_file, {})
+
+    def app_url(self) -> str:
+        return f"http://127.0.0.1:{self.router_state()['port']}"
 
 
 def init(root: Path) -> Platform:
@@ -99,6 +116,8 @@ def init(root: Path) -> Platform:
     hook.chmod(0o755)
     if not platform.config_file.exists():
         _write_json(platform.config_file, {})
+    if not platform.router_file.exists():
+        _write_json(platform.router_file, {"port": free_port()})
     return platform
 
 
@@ -129,7 +148,7 @@ def receive(platform: Platform, ref_lines) -> int:
             say("The previous release keeps serving.")
             return 1
     say(
-        f"Released {record['release']} at {record['url']} in {record['deploy_seconds']:.0f} s "
+        f"Released {record['release']} at {record['app_url']} in {record['deploy_seconds']:.0f} s "
         f"(build {record['build_seconds']:.0f} s; slug {record['slug_bytes'] / MEGABYTE:.0f} MB, "
         f"{record['slug_gzip_bytes'] / MEGABYTE:.0f} MB compressed)",
         step=True,
@@ -163,14 +182,18 @@ def deploy(platform: Platform, commit: str) -> dict:
         shutil.rmtree(release_dir, ignore_errors=True)
         raise
     previous = platform.current()
-    record["status"] = "live"
+    route_to(platform, record)
+    record.update(status="live", app_url=platform.app_url())
     record["deploy_seconds"] = round(time.monotonic() - started, 1)  # push to serving
     _write_json(platform.releases / f"{name}.json", record)
     _write_json(platform.current_file, record)
     if previous:
-        say(f"Stopping {previous['release']}", step=True)
-        stop_release(platform, previous)
-        previous["status"] = "retired"
+        say(f"Stopping {previous['release']}: SIGTERM to every process, as a dyno", step=True)
+        stopped = stop_release(platform, previous)
+        previous.update(status="retired", **stopped)
+        if stopped:
+            say(f"{previous['release']} stopped after {stopped['stop_seconds']:.1f} s "
+                f"({stopped['stopped_by']})")
         _write_json(platform.releases / f"{previous['release']}.json", previous)
     prune_releases(platform, keep={name, previous["release"] if previous else name})
     return record
@@ -202,6 +225,13 @@ def build(platform: Platform, commit: str, release_dir: Path, record: dict) -> N
         cwd=release_dir,
         env=build_env(platform),
     )
+    post_compile = release_dir / "bin" / "post_compile"
+    if post_compile.is_file():
+        say("Running bin/post_compile", step=True)
+        post_compile.chmod(post_compile.stat().st_mode | 0o111)
+        env = build_env(platform)
+        env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+        run_step([str(post_compile)], cwd=release_dir, env=env)
     if not web_command(release_dir):
         raise DeployError("The Procfile has no 'web:' process; nothing to serve.")
 
@@ -420,29 +450,105 @@ def start_web(platform: Platform, release_dir: Path, record: dict) -> None:
     raise DeployError(f"{url}{path} did not answer 200 within {timeout:.0f} s:\n" + _tail(log_path))
 
 
-def stop_release(platform: Platform, record: dict) -> None:
-    """Stop a release's web process group: SIGTERM (graceful), then SIGKILL."""
+def stop_release(platform: Platform, record: dict) -> dict:
+    """Stop a release as a dyno is stopped: SIGTERM to every process of it, SIGKILL to what
+    is left 30 s later. Returns how long it took and which signal ended it."""
     pid = record.get("pid")
-    if not pid or not _is_our_process(platform, pid):
-        return
+    started = time.monotonic()
+    if not pid or not _is_our_process(platform.releases, pid):
+        return {}
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
-    deadline = time.monotonic() + STOP_TIMEOUT_S
+        return {}
+    deadline = started + STOP_TIMEOUT_S
     while time.monotonic() < deadline and _group_alive(pid):
         _reap(pid)
         time.sleep(0.1)
+    stopped_by = "SIGTERM"
     if _group_alive(pid):
         os.killpg(pid, signal.SIGKILL)
+        stopped_by = "SIGKILL"
     _reap(pid)
+    return {"stop_seconds": round(time.monotonic() - started, 1), "stopped_by": stopped_by}
 
 
 def stop_all(platform: Platform) -> None:
+    stop_router(platform)
     for record in platform.release_records():
         stop_release(platform, record)
     if platform.current_file.exists():
         platform.current_file.unlink()
+
+
+# ---------------------------------------------------------------------------------------
+# The router: the app's one address, in front of its live release
+
+class RouterTemplate(string.Template):
+    """%{name} placeholders: $name is nginx's own variable syntax."""
+
+    delimiter = "%"
+
+
+def route_to(platform: Platform, record: dict) -> None:
+    """Send the app's traffic to ``record``'s web process, and return once none goes elsewhere.
+
+    The router is started on the first release; later ones rewrite its configuration and
+    reload it (SIGHUP, nginx's graceful reload). Its workers from before the reload finish
+    what they have, on the previous release, then exit: once none is left, that release
+    gets no more requests and can be stopped.
+    """
+    router = platform.router_state()
+    platform.router.mkdir(exist_ok=True)
+    conf = platform.router / "nginx.conf"
+    conf.write_text(RouterTemplate(ROUTER_TEMPLATE.read_text()).substitute(
+        router_port=router["port"], release_port=record["port"]))
+    command = [nginx_binary(), "-p", str(platform.router), "-c", str(conf), "-e", "stderr"]
+    check = subprocess.run([*command, "-t", "-q"], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise DeployError(f"the router refuses its configuration:\n{check.stderr.strip()}")
+    pid = router.get("pid")
+    if pid and _is_our_process(platform.router, pid):
+        before = set(_child_pids(pid))
+        os.kill(pid, signal.SIGHUP)
+
+        def switched() -> bool:
+            workers = set(_child_pids(pid))
+            return bool(workers) and not workers & before
+    else:
+        with open(platform.logs / "router.log", "ab") as log:
+            process = subprocess.Popen(command, cwd=platform.router, stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        _write_json(platform.router_file, {**router, "pid": process.pid})
+
+        def switched() -> bool:
+            return _answers(router["port"])
+    deadline = time.monotonic() + ROUTER_SWITCH_TIMEOUT_S
+    while not switched():
+        if time.monotonic() > deadline:
+            raise DeployError(f"the router did not switch to {record['release']}:\n"
+                              + _tail(platform.logs / "router.log"))
+        time.sleep(0.05)
+    say(f"Routing {platform.app_url()} to {record['release']}", step=True)
+
+
+def stop_router(platform: Platform) -> None:
+    """nginx's graceful stop (SIGQUIT) for the router, then SIGKILL after STOP_TIMEOUT_S."""
+    pid = platform.router_state().get("pid")
+    if pid and _is_our_process(platform.router, pid):
+        os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline and _group_alive(pid):
+            _reap(pid)
+            time.sleep(0.1)
+        if _group_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        _reap(pid)
+
+
+def nginx_binary() -> str:
+    """The platform's own nginx: NGINX_BINARY, else the one on PATH, else Debian's."""
+    return os.environ.get("NGINX_BINARY") or shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 def prune_releases(platform: Platform, keep: set[str]) -> None:
@@ -452,15 +558,30 @@ def prune_releases(platform: Platform, keep: set[str]) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _is_our_process(platform: Platform, pid: int) -> bool:
-    # A pid may be reused after a process ends: only touch one that runs in our releases.
+def _is_our_process(folder: Path, pid: int) -> bool:
+    # A pid may be reused after a process ends: only touch one that runs in our folder.
     try:
         cwd = os.readlink(f"/proc/{pid}/cwd")
     except FileNotFoundError:
         return False
     except OSError:
         return True  # no /proc here; trust the record
-    return cwd.startswith(str(platform.releases))
+    return cwd.startswith(str(folder))
+
+
+def _child_pids(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def _group_alive(pgid: int) -> bool:
@@ -579,7 +700,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "init":
         platform = init(args.root)
-        print(f"git push {platform.repo} HEAD:main   # deploys")
+        print(f"git push {platform.repo} HEAD:main   # deploys to {platform.app_url()}")
         return 0
     platform = Platform(args.root)
     if args.command == "receive":

@@ -9,12 +9,18 @@ The conventions of Heroku's nginx buildpack, for one process on a dyno:
    them (front/config.py) and checked by nginx: a bad value stops the start with the reason
    before the app loads.
 3. The app command runs with ``APP_SOCKET`` (gunicorn.conf.py binds it), ``APP_READY_FILE``
-   (front/ready.py writes it once every worker has warmed up the model) and
+   (front/hooks.py writes it once every worker has warmed up the model) and
    ``PROMETHEUS_MULTIPROC_DIR`` (web/telemetry.py adds up the workers' numbers there).
 4. Once the file exists, nginx starts on ``$PORT``: the dyno takes traffic only when ready.
 5. When either process exits, the other is stopped and so is this one, with a non-zero
-   status: the platform restarts a dyno that lost half of itself. SIGTERM or SIGINT stops
-   both (gunicorn gracefully) and exits 0.
+   status: the platform restarts a dyno that lost half of itself.
+6. SIGTERM (or SIGINT) stops both without losing a request, whether it was sent to this
+   process alone (``docker stop``, Kubernetes) or to every process at once (Heroku): $PORT
+   closed without dropping a connection (front/port.py), then nginx's graceful stop (it
+   finishes every request it has, uploads still arriving included, with gunicorn answering
+   them), then gunicorn's (its workers write their queued records); then it exits 0. nginx
+   ignores a SIGTERM of its own (front/nginx_ignores_sigterm.c), and gunicorn waits for this
+   process's (front/hooks.py). docs/operations.md, "Stopping without losing a request".
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -35,11 +42,17 @@ from web.settings import SettingError, read_settings
 
 from .config import ROOT, CannotStart, open_files, render
 from .files import files_root_for, hand_run_dir_to, nginx_user
+from .port import close_port, open_port
 
 # Debian and Ubuntu install nginx in /usr/sbin, which a non-root PATH often lacks; on Heroku
 # the apt buildpack (Aptfile) unpacks it into the slug's .apt/.
 NGINX_PLACES = ("/usr/sbin/nginx", str(ROOT / ".apt" / "usr" / "sbin" / "nginx"), "/usr/local/sbin/nginx")
-STOP_TIMEOUT_S = 30
+# Built from front/nginx_ignores_sigterm.c by bin/post_compile; preloaded into nginx.
+IGNORE_SIGTERM = ROOT / "front" / "nginx_ignores_sigterm.so"
+# Heroku kills a dyno 30 s after its SIGTERM. nginx gives its clients 15 s to finish
+# (worker_shutdown_timeout in the template), and gunicorn has nothing left in hand then:
+# whatever still runs at this deadline is stopped outright.
+STOP_TIMEOUT_S = 25
 
 
 def say(message: str) -> None:
@@ -87,9 +100,16 @@ def metrics_directory(configured: str, run_dir: Path) -> Path:
     return directory
 
 
-def nginx_environment() -> dict:
-    """The environment without NGINX: nginx reads that as sockets an older nginx handed it."""
-    return {name: value for name, value in os.environ.items() if name != "NGINX"}
+def nginx_environment(port: socket.socket | None = None) -> dict:
+    """nginx's environment: NGINX names the port it inherits (nginx reads the variable as the
+    sockets an older nginx hands it), and nginx ignores SIGTERM where the library is built."""
+    environment = {name: value for name, value in os.environ.items() if name != "NGINX"}
+    if port is not None:
+        environment["NGINX"] = f"{port.fileno()};"
+    if IGNORE_SIGTERM.exists():
+        preloaded = (str(IGNORE_SIGTERM), environment.get("LD_PRELOAD"))
+        environment["LD_PRELOAD"] = " ".join(filter(None, preloaded))
+    return environment
 
 
 class Front:
@@ -102,6 +122,7 @@ class Front:
         self.ready_file = self.run_dir / "app-ready"
         self.app: subprocess.Popen | None = None
         self.nginx: subprocess.Popen | None = None
+        self.port: socket.socket | None = None
         self.stopping = False
 
     def run(self) -> int:
@@ -140,8 +161,13 @@ class Front:
         say(f"started the app (pid {self.app.pid}) on {app_socket}; nginx starts once it is ready")
         if not self._wait_until_ready():
             return self._exit_status(self.app, "the app")
-        self.nginx = subprocess.Popen(self.nginx_command(), stdin=subprocess.DEVNULL, env=nginx_environment())
         address, port = self.settings["LISTEN_ADDRESS"], self.settings["PORT"]
+        try:
+            self.port = open_port(address, port)
+        except OSError as error:
+            raise CannotStart(f"cannot listen on {address}:{port}: {error.strerror}") from None
+        self.nginx = subprocess.Popen(self.nginx_command(), stdin=subprocess.DEVNULL,
+                                      pass_fds=(self.port.fileno(),), env=nginx_environment(self.port))
         say(f"nginx (pid {self.nginx.pid}) serves http://{address}:{port}")
         return self._watch()
 
@@ -175,29 +201,56 @@ class Front:
         return 128 - process.returncode if process.returncode < 0 else process.returncode or 1
 
     def on_signal(self, number, frame) -> None:
+        """SIGTERM or SIGINT: $PORT closed and nginx's graceful stop now; gunicorn's once nginx
+        has exited (_watch returns, then _stop_all)."""
+        if self.stopping:
+            return
         self.stopping = True
-        self._signal_all()
+        if self.nginx is not None:
+            self._close_port()
+            send(self.nginx, signal.SIGQUIT)
+        else:  # the app is still loading: nothing reaches it yet
+            send(self.app, signal.SIGTERM)
 
-    def _signal_all(self) -> None:
-        # SIGTERM: gunicorn finishes the requests in hand; SIGQUIT: nginx finishes its own.
-        for process, sig in ((self.nginx, signal.SIGQUIT), (self.app, signal.SIGTERM)):
-            if process is not None and process.returncode is None:
-                try:
-                    process.send_signal(sig)
-                except ProcessLookupError:
-                    pass
+    def _close_port(self) -> None:
+        if self.port is not None:
+            port, self.port = self.port, None
+            close_port(port)
 
     def _stop_all(self) -> None:
-        self._signal_all()
+        """$PORT, nginx gracefully and then gunicorn, in the time a platform allows; then outright."""
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        for process in (self.nginx, self.app):
-            if process is None or process.returncode is not None:
-                continue
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        self._close_port()
+        # SIGINT: nginx's fast stop, for a graceful one that has not ended by the deadline.
+        stop(self.nginx, signal.SIGQUIT, signal.SIGINT, deadline)
+        stop(self.app, signal.SIGTERM, signal.SIGKILL, deadline)
+
+
+def stop(process: subprocess.Popen | None, graceful: int, fast: int, deadline: float) -> None:
+    """``graceful``; ``fast`` if it still runs at ``deadline``; SIGKILL 2 s later; until it has exited."""
+    if process is None or process.returncode is not None:
+        return
+    for number in (graceful, fast, signal.SIGKILL):
+        send(process, number)
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            return
+        except subprocess.TimeoutExpired:
+            deadline = time.monotonic() + 2
+    process.wait()
+
+
+def send(process: subprocess.Popen, number: int) -> None:
+    """Signal ``process`` unless it has been reaped.
+
+    Not Popen.send_signal: from a signal handler, its poll could reap a process that has
+    just exited, under the os.wait of _watch, which would then never hear of it.
+    """
+    if process.returncode is None:
+        try:
+            os.kill(process.pid, number)
+        except ProcessLookupError:
+            pass
 
 
 def main(argv: list[str]) -> int:
@@ -213,6 +266,9 @@ def main(argv: list[str]) -> int:
         return 2
     raise_open_file_limit()
     append_to_log_files()
+    if not IGNORE_SIGTERM.exists():
+        say(f"{IGNORE_SIGTERM.name} is not built (bin/post_compile builds it): a SIGTERM sent to nginx "
+            "itself, as Heroku sends one to every process of a dyno, drops the requests it has in hand")
     front = Front(argv, settings, nginx)
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, front.on_signal)

@@ -74,6 +74,46 @@ def send(url: str, method: str, path: str, body: bytes | None = None, headers: d
         connection.close()
 
 
+def send_unless_refused(url: str, path: str, body: bytes, headers: dict,
+                        timeout: float = 60) -> tuple[str, int | None, object]:
+    """POST on a fresh connection: ("refused", None, None) where nothing accepts it, else as
+    ``send`` does, with kind "sent". An error once connected (reset, broken pipe, no answer)
+    is raised: the server took the request and did not answer it."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        try:
+            connection.connect()
+        except ConnectionRefusedError:
+            return "refused", None, None
+        connection.request("POST", path, body=body, headers=headers)
+        response = connection.getresponse()
+        return "sent", response.status, response.read()
+    finally:
+        connection.close()
+
+
+def slow_post(url: str, path: str, body: bytes, headers: dict, seconds: float,
+              timeout: float = 60) -> tuple[int, bytes]:
+    """POST ``body`` spread over ``seconds`` in 50 pieces, as a phone on a slow link sends it;
+    (status, body). An error (reset, no answer) is raised."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        connection.putrequest("POST", path)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        piece = -(-len(body) // 50)
+        for start in range(0, len(body), piece):
+            connection.send(body[start:start + piece])
+            time.sleep(seconds / 50)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 @dataclass
 class Load:
     """Client threads that repeat ``request(thread_index, count)`` until stopped or done.

@@ -2,9 +2,10 @@
 
 ``deploy/paas.py`` is the platform: a bare repository whose post-receive hook builds a
 release from the pushed commit (a fresh virtualenv from requirements.txt on the Python of
-runtime.txt), measures the slug, starts the Procfile's web process with PORT on loopback,
-waits for /health and switches to it. The tests push HEAD (what `git push heroku main` sends),
-so uncommitted changes are not deployed, just as on a platform.
+runtime.txt, then bin/post_compile), measures the slug, starts the Procfile's web process
+with PORT on loopback, waits for /health, switches its router (the app's one address) to it
+and stops the previous release as a dyno is stopped. The tests push HEAD (what `git push
+heroku main` sends), so uncommitted changes are not deployed, just as on a platform.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,8 @@ from training.export import export_model
 from classifier.pipeline import Classifier
 
 from testing import ROOT
-from testing.multipart import post_files
+from testing.load import Load, send, wait_until
+from testing.multipart import form_body, post_files
 from testing.samples import TINY_LABELS, colour_network, image_bytes
 from testing.servers import child_pids, command_line
 
@@ -172,12 +175,17 @@ def deployed(tmp_path_factory):
 
 
 def save_report(name: str, record: dict) -> None:
+    keys = ("release", "python", "build_seconds", "slug_bytes", "slug_gzip_bytes", "boot_seconds", "deploy_seconds")
+    save_figures(name, {key: record.get(key) for key in keys})
+
+
+def save_figures(name: str, figures: dict) -> None:
+    """The test's figures, for docs/deploy.md: test-results/deploy-report.json."""
     REPORT.parent.mkdir(exist_ok=True)
     report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    keys = ("release", "python", "build_seconds", "slug_bytes", "slug_gzip_bytes", "boot_seconds", "deploy_seconds")
-    report[name] = {key: record.get(key) for key in keys}
+    report[name] = figures
     REPORT.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{name}: {report[name]}")
+    print(f"{name}: {figures}")
 
 
 @pytest.mark.deploy
@@ -189,7 +197,10 @@ def test_a_push_builds_a_slug_within_the_limit_and_serves_predictions(deployed, 
     head = git("rev-parse", "HEAD", cwd=source).stdout.strip()
     assert release["release"] == "v1" and release["commit"] == head
     assert release["python"] == (source / "runtime.txt").read_text().strip().removeprefix("python-")
-    assert f"Released v1 at {release['url']}" in log
+    assert f"Released v1 at {release['app_url']}" in log
+    # bin/post_compile ran, as Heroku's Python buildpack runs it: nginx there ignores SIGTERM.
+    assert "Running bin/post_compile" in log
+    assert (root / "releases" / "v1" / "front" / "nginx_ignores_sigterm.so").exists()
     # The slug holds the fresh virtualenv with torch, measured as the platform limits it.
     assert 0 < release["slug_gzip_bytes"] < release["slug_bytes"]
     assert release["slug_gzip_bytes"] <= SLUG_LIMIT_MB * MEGABYTE
@@ -203,8 +214,9 @@ def test_a_push_builds_a_slug_within_the_limit_and_serves_predictions(deployed, 
                           capture_output=True, text=True, check=True).stdout.lower()
     assert head.startswith("http/1.1 200") and "server: nginx" in head and "cache-control: no-cache" in head, head
 
+    # The app's address is the platform's router, in front of the release.
     answer = subprocess.run(
-        ["curl", "-sS", "--fail-with-body", "-F", f"file=@{dataset_jpeg}", f"{release['url']}/predict"],
+        ["curl", "-sS", "--fail-with-body", "-F", f"file=@{dataset_jpeg}", f"{release['app_url']}/predict"],
         capture_output=True, text=True, check=True,
     )
     served = json.loads(answer.stdout)
@@ -238,19 +250,54 @@ def docker_healthcheck_command() -> list[str]:
     raise AssertionError("the Dockerfile has no HEALTHCHECK")
 
 
+def predict_then_ask_the_version(url: str, upload: tuple[bytes, str]):
+    """One prediction, then the serving model's version: what a client sees across a release.
+    Five a second, within the per-client rate limit (RATE_LIMIT)."""
+    time.sleep(0.2)
+    status, answer = send(url, "POST", "/predict", upload[0], {"Content-Type": upload[1]})
+    if status != 200:
+        return "predict", status, answer
+    return "health", *send(url, "GET", "/health")
+
+
 @pytest.mark.deploy
 def test_a_second_push_with_a_new_model_serves_it_and_retires_the_old_release(deployed):
     root, source, _ = deployed
     first = current_release(root)
     assert first is not None
+    old_version = json.loads(subprocess.run(["curl", "-sS", f"{first['app_url']}/health"],
+                                            capture_output=True, text=True, check=True).stdout)["version"]
     export_model(colour_network(), TINY_LABELS, {"name": "tiny-colours", "version": "2.0.0-deploy-test"},
                  source / "model.zip", mean=(0, 0, 0), std=(1, 1, 1))
     head = commit_all(source, "A new model version")
-    log = push(source, root)
+    # A client posts to the app's address all through the push, as users do.
+    upload = form_body([("red.png", image_bytes("PNG", colour=(255, 0, 0)))])
+    client = Load(lambda _thread, _index: predict_then_ask_the_version(first["app_url"], upload), threads=1)
+    with client:
+        log = push(source, root)
+
+        def served_by_v2() -> bool:
+            return any(isinstance(o.body, dict) and o.body.get("version") == "2.0.0-deploy-test"
+                       for o in list(client.outcomes))
+        wait_until(served_by_v2, timeout=30, what="the client to be answered by v2")
     second = current_release(root)
     assert second is not None and second["release"] == "v2", log
     save_report("second_push", second)
     assert second["commit"] == head and second["url"] != first["url"]
+    assert second["app_url"] == first["app_url"]  # one address for the app, whichever release serves
+    # No request failed across the switch, and the client saw v1, then v2, never v1 again.
+    failed = [(o.kind, o.status, o.error or o.body) for o in client.outcomes if o.status != 200]
+    assert not failed, failed
+    versions = [o.body["version"] for o in client.outcomes if o.kind == "health"]
+    assert versions[0] == old_version and versions[-1] == "2.0.0-deploy-test", versions
+    assert versions == sorted(versions, key=lambda version: version == "2.0.0-deploy-test"), versions
+    # The old release was stopped as a dyno is (SIGTERM to every process) and exited by itself.
+    retired = json.loads((root / "releases" / "v1.json").read_text())
+    save_figures("across_the_second_push", {
+        "requests": len(client.outcomes), "failed": len(failed), "answered_by_v1": versions.count(old_version),
+        "answered_by_v2": versions.count("2.0.0-deploy-test"), "v1_stopped_by": retired.get("stopped_by"),
+        "v1_stop_seconds": retired.get("stop_seconds")})
+    assert retired["status"] == "retired" and retired["stopped_by"] == "SIGTERM", retired
 
     model = json.loads(subprocess.run(["curl", "-sS", "--fail-with-body", f"{second['url']}/model"],
                                       capture_output=True, text=True, check=True).stdout)

@@ -109,6 +109,30 @@ def test_dockerfile_installs_nginx_for_the_front(dockerfile):
     assert any("apt-get install" in run and "nginx" in run for run in instructions(dockerfile, "RUN"))
 
 
+def test_dockerfile_builds_what_makes_nginx_ignore_sigterm_and_the_image_takes_it(dockerfile, tmp_path):
+    """The build stage's steps, replayed here: its COPYs into its WORKDIR, its RUN
+    bin/post_compile; then the file the serving stage's COPY --from names must be there."""
+    stages = [index for index, item in enumerate(dockerfile.structure) if item["instruction"] == "FROM"]
+    assert len(stages) == 2, "a build stage, then the image that serves"
+    name = dockerfile.structure[stages[0]]["value"].split(" AS ")[1].strip()
+    build = dockerfile.structure[stages[0] + 1:stages[1]]
+    (workdir,) = [item["value"] for item in build if item["instruction"] == "WORKDIR"]
+    stage_root = tmp_path / workdir.lstrip("/")
+    for item in build:
+        if item["instruction"] == "COPY":
+            source, target = item["value"].split()
+            (stage_root / target).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / source, stage_root / target)
+        elif item["instruction"] == "RUN" and "post_compile" in item["value"]:
+            subprocess.run(item["value"], shell=True, cwd=stage_root, check=True, capture_output=True)
+    served = dockerfile.structure[stages[1]:]
+    copies = [item["value"] for item in served if item["instruction"] == "COPY"]
+    (taken,) = [copy for copy in copies if copy.startswith(f"--from={name} ")]
+    built = taken.split()[1]
+    assert built == f"{workdir}/front/nginx_ignores_sigterm.so"
+    assert (tmp_path / built.lstrip("/")).is_file()
+
+
 def test_dockerignore_leaves_out_what_the_slug_leaves_out_and_the_virtualenv():
     dockerignore = set((ROOT / ".dockerignore").read_text().split())
     slugignore = [line.rstrip("/") for line in (ROOT / ".slugignore").read_text().splitlines()
