@@ -164,9 +164,9 @@ SETTINGS: tuple[Setting, ...] = (
             "else TorchScript), onnxruntime (insist) or torchscript."),
     Setting("ONNX_MODEL_PATH", "model.onnx", text,
             "The ONNX copy of MODEL_PATH that ONNX Runtime serves (made by make variants); empty: TorchScript only."),
-    Setting("DEVICE_MODEL_PATH", "model.onnx", text,
-            "The ONNX copy the page's 'On this device' switch runs in the browser (it publishes the weights); "
-            "empty: no switch."),
+    Setting("DEVICE_MODEL_PATH", "model-browser.onnx", text,
+            "The ONNX form the page's 'On this device' switch runs in the browser, made by make variants "
+            "(it publishes the weights); empty: no switch."),
     # Processes
     Setting("PORT", 8000, integer(1, 65535), "The port nginx listens on (the platform sets it).", set_by_platform=True),
     Setting("LISTEN_ADDRESS", "0.0.0.0", ip_address, "The address nginx listens on, at PORT; 0.0.0.0: every interface."),
