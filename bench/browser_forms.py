@@ -47,8 +47,14 @@ RUN_IN_PAGE = """async ([files, count, rounds]) => {
   ort.env.wasm.proxy = false;
   const pixels = new Uint8Array(await (await fetch("/val.bin")).arrayBuffer());
   const size = 3 * 224 * 224;
-  const input = (i) => new ort.Tensor("float32", Float32Array.from(pixels.subarray(i * size, (i + 1) * size), (v) => v / 255), [1, 3, 224, 224]);
-  const run = async (session, i) => (await session.run({ [session.inputNames[0]]: input(i) }))[session.outputNames[0]].data;
+  const input = (i) => {
+    const scaled = Float32Array.from(pixels.subarray(i * size, (i + 1) * size), (v) => v / 255);
+    return new ort.Tensor("float32", scaled, [1, 3, 224, 224]);
+  };
+  const run = async (session, i) => {
+    const outputs = await session.run({ [session.inputNames[0]]: input(i) });
+    return outputs[session.outputNames[0]].data;
+  };
   const sessions = {}, results = {};
   // The first session compiles the WebAssembly: once per visit, whatever the form, so not any form's.
   await ort.InferenceSession.create(`/forms/${files[0]}`, { executionProviders: ["wasm"] });
@@ -83,7 +89,8 @@ class _Files(http.server.SimpleHTTPRequestHandler):
 @contextmanager
 def serve(directory: Path):
     """A static file server on a loopback port, in a thread."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Files, directory=str(directory)))
+    handler = functools.partial(_Files, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -133,7 +140,8 @@ def main(argv=None) -> None:
     page_form = file_sha256(browsers) if browsers.is_file() else ""
     rows = []
     for form in forms:
-        title = f"{form.title}, the page's (`{browsers.name}`)" if file_sha256(form.path) == page_form else form.title
+        chosen = file_sha256(form.path) == page_form
+        title = f"{form.title}, the page's (`{browsers.name}`)" if chosen else form.title
         result = measured["results"][form.path.name]
         got = softmax(np.asarray(result["logits"], dtype=np.float64))
         rows.append(
@@ -141,15 +149,18 @@ def main(argv=None) -> None:
             f"| {np.mean(got.argmax(1) == served.argmax(1)):.2%} | {np.abs(got - served).max():.1e} "
             f"| {np.median(result['times']):.0f} ms | {result['created']:.0f} ms |"
         )
+    ort_version = (ORT_WEB / "VERSION").read_text().split()[1]
     text = f"""# The model's forms in the browser
 
-*Written by `python -m bench.browser_forms` ({time.perf_counter() - started:.0f} s); run it again after `make variants`.*
+*Written by `python -m bench.browser_forms` ({time.perf_counter() - started:.0f} s); run it again
+after `make variants`.*
 
-- **Browser**: {measured["userAgent"]}, headless, onnxruntime-web {(ORT_WEB / "VERSION").read_text().split()[1]}
+- **Browser**: {measured["userAgent"]}, headless, onnxruntime-web {ort_version}
   (WebAssembly, 1 thread, as the page runs it).
-- **Machine**: {machine_description()}; load average {load_before} before, {load_average()} after (a shared machine).
-- **Agreement**: on {len(files)} validation images of {data_set.name} (seed 0), each form in Chromium against
-  the served model (ONNX Runtime on `model.onnx` in Python) on the same pixels.
+- **Machine**: {machine_description()}; load average {load_before} before, {load_average()} after
+  (a shared machine).
+- **Agreement**: on {len(files)} validation images of {data_set.name} (seed 0), each form in Chromium
+  against the served model (ONNX Runtime on `model.onnx` in Python) on the same pixels.
 - **Speed**: one image per call, median of {args.rounds} rounds that run every form once in a new random
   order; *session*: the time to create one once onnxruntime-web is ready (read the file from
   loopback, optimise the graph), once per visit; the WebAssembly's own compilation comes before it.

@@ -63,8 +63,8 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | --- |")
     for path, plain, sent, encoding in rows:
         print(f"| `{path}` | {plain:,} | {sent:,} | {1 - sent / plain:.0%} | {encoding} |")
-    for title, chosen in (("the page: its HTML, JavaScript and CSS", page),
-                          (f"the first use of *On this device*: onnxruntime-web and the model ({form})", device)):
+    device_title = f"the first use of *On this device*: onnxruntime-web and the model ({form})"
+    for title, chosen in (("the page: its HTML, JavaScript and CSS", page), (device_title, device)):
         plain, sent = sum(row[1] for row in chosen), sum(row[2] for row in chosen)
         print(f"| {title} | {plain:,} | {sent:,} | {1 - sent / plain:.0%} | |")
 

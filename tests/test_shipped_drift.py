@@ -34,7 +34,7 @@ def labels() -> list[str]:
 @pytest.fixture(scope="module")
 def reference(labels) -> dict[str, float]:
     found = reference_distribution(read_meta(SHIPPED_MODEL), labels)
-    assert found is not None, f"model.zip's meta.json has no {REFERENCE_KEY}: train it again with the notebook"
+    assert found is not None, f"model.zip's meta.json has no {REFERENCE_KEY}: train it again"
     return found
 
 
@@ -46,8 +46,9 @@ def answered(data_dir) -> dict[Path, str]:
 
 @pytest.fixture
 def client(tmp_path):
-    app = create_app({"TESTING": True, "MODEL_PATH": str(SHIPPED_MODEL), "ONNX_MODEL_PATH": str(ROOT / "model.onnx"),
-                      "TORCH_THREADS": 1, "DATABASE_URL": f"sqlite:///{tmp_path / 'monitoring.sqlite'}"})
+    app = create_app({"TESTING": True, "MODEL_PATH": str(SHIPPED_MODEL), "TORCH_THREADS": 1,
+                      "ONNX_MODEL_PATH": str(ROOT / "model.onnx"),
+                      "DATABASE_URL": f"sqlite:///{tmp_path / 'monitoring.sqlite'}"})
     yield app.test_client()
     records.writer(app).close()
     db.get_database(app).engine.dispose()
@@ -99,7 +100,7 @@ def test_images_like_the_data_sets_score_below_the_threshold(client, labels, ref
 
 def test_a_stream_of_only_a_few_classes_is_flagged(client, labels, reference, answered):
     # The classes validation predicted least among those the model gives some fixture image.
-    given_to_some = sorted({label for label in answered.values()}, key=lambda label: (reference[label], label))
+    given_to_some = sorted(set(answered.values()), key=lambda label: (reference[label], label))
     few = given_to_some[: max(1, len(labels) // 8)]
     stream = [path for path, label in answered.items() if label in few] * 2
     drift, given = send(client, stream)

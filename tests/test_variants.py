@@ -15,14 +15,14 @@ import onnxruntime
 import pytest
 import torch
 
+from classifier.engines import OnnxRuntimeEngine, TorchScriptEngine
 from classifier.onnx_copy import file_sha256, manifest_path, matching_onnx_copy
 from classifier.model import load_model
 from training.data import load_images
 from training.onnx_variants import convert_onnx_fp16, export_onnx, quantize_onnx_int8
-from training.runtimes import OnnxRuntime, TorchScriptRuntime, probabilities
 from training.variants import (BROWSER_MIN_AGREEMENT, Measured, Report, browser_path, calibration_indices,
                                choose_browser_form, forms_beside, make_variants, markdown, why)
-from training.verify import Agreement, agreement
+from training.verify import Agreement, agreement, probabilities
 
 from testing import ROOT
 
@@ -49,7 +49,8 @@ def shipped_onnx(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def shipped_int8(shipped_onnx, data_dir) -> Path:
-    return quantize_onnx_int8(shipped_onnx, shipped_onnx.with_name("model-int8.onnx"), fixture_images(data_dir, [3]))
+    calibration = fixture_images(data_dir, [3])
+    return quantize_onnx_int8(shipped_onnx, shipped_onnx.with_name("model-int8.onnx"), calibration)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,8 @@ def shipped_fp16(shipped_onnx) -> Path:
 def keeps_the_answers(form: Path, data_dir) -> None:
     """On fixture images: the float model's decisive answers kept, the scores close on the whole."""
     images = fixture_images(data_dir, [0, 1, 2])
-    reference = probabilities(TorchScriptRuntime(SHIPPED, threads=1), images)
-    got = probabilities(OnnxRuntime(form, threads=1), images)
+    reference = probabilities(TorchScriptEngine(load_model(SHIPPED)), images)
+    got = probabilities(OnnxRuntimeEngine(form, threads=1), images)
     best_two = reference.topk(2, dim=1).values
     decisive = best_two[:, 0] - best_two[:, 1] > DECISIVE_MARGIN  # all of them for the UC Merced model
     if decisive.any():  # a model sure of nothing here (a short trial run) has no answer to keep
@@ -72,12 +73,13 @@ def keeps_the_answers(form: Path, data_dir) -> None:
     assert float(0.5 * (reference - got).abs().sum(1).mean()) < 0.1
 
 
-def test_int8_is_a_quarter_of_the_size_and_keeps_the_shipped_models_answers(shipped_onnx, shipped_int8, data_dir):
+def test_int8_is_a_quarter_of_the_size_and_keeps_the_answers(shipped_onnx, shipped_int8, data_dir):
     assert shipped_int8.stat().st_size < 0.4 * shipped_onnx.stat().st_size
     keeps_the_answers(shipped_int8, data_dir)
 
 
-def test_fp16_is_half_the_size_takes_the_same_input_and_keeps_the_answers(shipped_onnx, shipped_fp16, data_dir):
+def test_fp16_is_half_the_size_takes_the_same_input_and_keeps_the_answers(shipped_onnx, shipped_fp16,
+                                                                           data_dir):
     assert shipped_fp16.stat().st_size < 0.6 * shipped_onnx.stat().st_size
     session = onnxruntime.InferenceSession(str(shipped_fp16), providers=["CPUExecutionProvider"])
     # The page feeds every form the same float32 tensor and reads float32 logits.
@@ -90,8 +92,9 @@ def test_onnx_int8_is_smaller_and_agrees_on_the_colour_model(tiny_model_path, tm
     fp32 = export_onnx(tiny_model_path, tmp_path / "tiny.onnx")
     colours = colour_images()
     int8 = quantize_onnx_int8(fp32, tmp_path / "tiny-int8.onnx", colours)
-    reference = probabilities(TorchScriptRuntime(tiny_model_path, threads=1), colours)
-    result = agreement(reference, probabilities(OnnxRuntime(int8, threads=1), colours), torch.arange(12) % 3)
+    reference = probabilities(TorchScriptEngine(load_model(tiny_model_path)), colours)
+    got = probabilities(OnnxRuntimeEngine(int8, threads=1), colours)
+    result = agreement(reference, got, torch.arange(12) % 3)
     assert result.top1_agreement == 1.0 and result.accuracy == 1.0
     assert result.max_probability_difference < 0.05
 
@@ -121,7 +124,8 @@ def test_one_step_makes_every_form_and_the_browsers_with_its_manifest(tiny_model
     assert manifest["source"] == {"file": "model.zip", "sha256": file_sha256(model)}
     assert manifest["made_from"] == {"file": "model.onnx", "sha256": file_sha256(fp32.path)}
     assert [form["form"] for form in manifest["evidence"]["forms"]] == ["fp32", "int8", "fp16"]
-    assert manifest["evidence"]["validation_images"] == 12 and manifest["evidence"]["why"].startswith(manifest["form"])
+    assert manifest["evidence"]["validation_images"] == 12
+    assert manifest["evidence"]["why"].startswith(manifest["form"])
     assert matching_onnx_copy(browser, model).manifest["labels"] == list(load_model(model).labels)
     assert "## Which to serve" in (tmp_path / "variants.md").read_text()
 
@@ -149,8 +153,8 @@ def test_forms_sit_beside_the_model():
 
 
 def row(key, size, agree, accuracy=0.99, b1=5.0, max_dp=0.01) -> Measured:
-    return Measured(key or "TorchScript float32", Path(f"{key or 'model'}.bin"), "engine", size,
-                    Agreement(images=256, top1_agreement=agree, max_probability_difference=max_dp, accuracy=accuracy),
+    measured = Agreement(256, top1_agreement=agree, max_probability_difference=max_dp, accuracy=accuracy)
+    return Measured(key or "TorchScript float32", Path(f"{key or 'model'}.bin"), "engine", size, measured,
                     key=key, latency_ms={1: b1, 8: 8 * b1})
 
 
@@ -187,4 +191,5 @@ def test_the_markdown_holds_the_table_the_method_and_both_choices():
     assert "| int8 | `int8.bin`" in text and "2.0 ms" in text and "16.0 ms |" in text
     assert "30 rounds" in text and "median" in text and "python -m training.variants" in text
     assert "**The server: fp32**" in text and "**The browser: int8**" in text
-    assert "bench/browser-forms.md" in text and "TorchScript int8 (`model-int8.zip`) is no longer made" in text
+    assert "bench/browser-forms.md" in text
+    assert "TorchScript int8 (`model-int8.zip`) is no longer made" in text

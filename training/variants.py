@@ -28,6 +28,7 @@ from typing import Sequence
 
 import torch
 
+from classifier.engines import OnnxRuntimeEngine, TorchScriptEngine
 from classifier.model import load_model, read_meta
 from classifier.onnx_copy import file_sha256
 
@@ -35,8 +36,7 @@ from .data import load_images, stratified_split
 from .data_set import add_data_option, data_set_or_exit
 from .latency import interleaved_latencies, load_average, machine_description, median_ms
 from .onnx_variants import convert_onnx_fp16, export_onnx, quantize_onnx_int8, write_browser_manifest
-from .runtimes import OnnxRuntime, TorchScriptRuntime, probabilities
-from .verify import Agreement, agreement
+from .verify import Agreement, agreement, probabilities
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZES = (1, 8)
@@ -44,6 +44,7 @@ BATCH_SIZES = (1, 8)
 # best class on at least this share of the validation images.
 BROWSER_MIN_AGREEMENT = 0.995
 REFERENCE = "TorchScript float32"
+RUNS_ON = {"torchscript": "torch (TorchScript)", "onnxruntime": "ONNX Runtime (CPU)"}
 
 
 @dataclass(frozen=True)
@@ -138,19 +139,20 @@ def measure(
     rounds: int = 30,
 ) -> list[Measured]:
     """Accuracy and agreement with the TorchScript file on every validation image; interleaved latency."""
-    runtimes = {REFERENCE: TorchScriptRuntime(model_path, threads)}
-    runtimes.update({form.title: OnnxRuntime(form.path, threads) for form in forms})
-    answers = {title: probabilities(runtime, val_images) for title, runtime in runtimes.items()}
+    torch.set_num_threads(threads)  # as the service's workers run: TORCH_THREADS
+    engines = {REFERENCE: TorchScriptEngine(load_model(model_path))}
+    engines.update({form.title: OnnxRuntimeEngine(form.path, threads) for form in forms})
+    answers = {title: probabilities(engine, val_images) for title, engine in engines.items()}
     paths = {REFERENCE: Path(model_path), **{form.title: form.path for form in forms}}
     keys = {form.title: form.key for form in forms}
     rows = [
-        Measured(title, paths[title], runtimes[title].engine, paths[title].stat().st_size,
+        Measured(title, paths[title], RUNS_ON[engines[title].name], paths[title].stat().st_size,
                  agreement(answers[REFERENCE], answers[title], val_targets), key=keys.get(title, ""))
-        for title in runtimes
+        for title in engines
     ]
     for batch_size in BATCH_SIZES:
         batch = val_images[:batch_size].float().div(255).numpy()
-        calls = {title: (lambda runtime=runtime: runtime.logits(batch)) for title, runtime in runtimes.items()}
+        calls = {title: (lambda engine=engine: engine(batch)) for title, engine in engines.items()}
         samples = interleaved_latencies(calls, rounds=rounds, seed=batch_size)
         for row in rows:
             row.latency_ms[batch_size] = median_ms(samples[row.title])
@@ -158,7 +160,7 @@ def measure(
 
 
 def choose_browser_form(rows: Sequence[Measured]) -> Measured:
-    """The smallest ONNX form whose top-1 agreement with the model file is at least ``BROWSER_MIN_AGREEMENT``."""
+    """The smallest ONNX form that gives the model file's best class on ``BROWSER_MIN_AGREEMENT`` of them."""
     fit = [row for row in rows if row.key and row.agreement.top1_agreement >= BROWSER_MIN_AGREEMENT]
     if not fit:
         raise ValueError(f"no ONNX form agrees with the model file on {BROWSER_MIN_AGREEMENT:.1%} of "
@@ -168,15 +170,14 @@ def choose_browser_form(rows: Sequence[Measured]) -> Measured:
 
 def why(rows: Sequence[Measured], chosen: Measured) -> str:
     """The browser form's choice in one sentence, with the figures it was made on."""
-    images = chosen.agreement.images
+    a = chosen.agreement
     others = "; ".join(
         f"{row.key} {_size(row.size_bytes)}, {row.agreement.top1_agreement:.2%}"
         for row in rows if row.key and row is not chosen
     )
     return (f"{chosen.key}: the smallest form ({_size(chosen.size_bytes)}) whose top-1 agreement with the "
-            f"model file on {images} validation images is at least {BROWSER_MIN_AGREEMENT:.1%} "
-            f"({chosen.agreement.top1_agreement:.2%}; max |Δp| {chosen.agreement.max_probability_difference:.1e}). "
-            f"The others: {others}.")
+            f"model file on {a.images} validation images is at least {BROWSER_MIN_AGREEMENT:.1%} "
+            f"({a.top1_agreement:.2%}; max |Δp| {a.max_probability_difference:.1e}). The others: {others}.")
 
 
 def write_browser_form(model_path: str | Path, rows: Sequence[Measured], chosen: Measured) -> Path:
@@ -188,16 +189,18 @@ def write_browser_form(model_path: str | Path, rows: Sequence[Measured], chosen:
                 f"split is at least {BROWSER_MIN_AGREEMENT}",
         "why": why(rows, chosen),
         "validation_images": chosen.agreement.images,
-        "forms": [
-            {"form": row.key, "bytes": row.size_bytes, "top1_agreement": round(row.agreement.top1_agreement, 6),
-             "max_probability_difference": float(f"{row.agreement.max_probability_difference:.2e}"),
-             "accuracy": round(row.agreement.accuracy, 6)}
-            for row in rows if row.key
-        ],
+        "forms": [_evidence(row) for row in rows if row.key],
     }
     fp32 = next(row for row in rows if row.key == "fp32")
     write_browser_manifest(target, load_model(model_path), chosen.key, fp32.path, evidence)
     return target
+
+
+def _evidence(row: Measured) -> dict:
+    a = row.agreement
+    return {"form": row.key, "bytes": row.size_bytes, "top1_agreement": round(a.top1_agreement, 6),
+            "max_probability_difference": float(f"{a.max_probability_difference:.2e}"),
+            "accuracy": round(a.accuracy, 6)}
 
 
 def make_variants(
@@ -277,25 +280,26 @@ def server_text(report: Report) -> str:
     reference = report.reference
     fp32 = next(row for row in report.rows if row.key == "fp32")
     return (
-        f"**The server: {fp32.title}** (`{_path(fp32.path)}`), {fp32.latency_ms[1]:.1f} ms at batch 1 against "
-        f"{reference.latency_ms[1]:.1f} ms for the TorchScript file, max abs Δp "
-        f"{fp32.agreement.max_probability_difference:.1e}. The rule is the engine's, not this table's: ONNX Runtime "
-        "serves only a copy that gives the model file's answers, probabilities within 1e-4 on the smoke batch, "
-        "checked by every worker as it starts (`classifier/onnx_copy.py`); else the TorchScript file serves. "
-        "The int8 and float16 forms do not pass it and are never served by the server."
+        f"**The server: {fp32.title}** (`{_path(fp32.path)}`), {fp32.latency_ms[1]:.1f} ms at batch 1 "
+        f"against {reference.latency_ms[1]:.1f} ms for the TorchScript file, max abs Δp "
+        f"{fp32.agreement.max_probability_difference:.1e}. The rule is the engine's, not this table's: "
+        "ONNX Runtime serves only a copy that gives the model file's answers, probabilities within 1e-4 "
+        "on the smoke batch, checked by every worker as it starts (`classifier/onnx_copy.py`); else the "
+        "TorchScript file serves. The int8 and float16 forms do not pass it: the server never serves them."
     )
 
 
 def browser_text(report: Report) -> str:
     chosen = report.browser
     return (
-        f"**The browser: {chosen.title}**, copied to `{_path(browser_path(report.model_path))}` with a manifest "
-        f"that binds it to `{report.model_path.name}` by SHA-256 and records why: {why(report.rows, chosen)} "
-        "The rule: the page downloads the smallest form whose top-1 agreement with the model file on the "
-        f"validation split is at least {BROWSER_MIN_AGREEMENT:.1%}; the server hands it out only while its "
-        "manifest names the served file (`web/device.py`). Its speed in Chromium with onnxruntime-web, and the "
-        "same agreement measured there: [bench/browser-forms.md](../bench/browser-forms.md); the first visit's "
-        "download: [docs/page.md](page.md#on-this-device)."
+        f"**The browser: {chosen.title}**, copied to `{_path(browser_path(report.model_path))}` with a "
+        f"manifest that binds it to `{report.model_path.name}` by SHA-256 and records why: "
+        f"{why(report.rows, chosen)} The rule: the page downloads the smallest form whose top-1 agreement "
+        f"with the model file on the validation split is at least {BROWSER_MIN_AGREEMENT:.1%}; the server "
+        "hands it out only while its manifest names the served file (`web/device.py`). Its speed in "
+        "Chromium with onnxruntime-web, and the same agreement measured there: "
+        "[bench/browser-forms.md](../bench/browser-forms.md); the first visit's download: "
+        "[docs/page.md](page.md#on-this-device)."
     )
 
 
@@ -353,7 +357,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         load_images(split.val_files),
         torch.tensor(split.val_targets),
         load_images([split.train_files[i] for i in chosen]),
-        data=f"{data_set.name} validation split: {split.summary()} (val_fraction {args.val_fraction}, seed {args.seed})",
+        data=f"{data_set.name} validation split: {split.summary()} "
+             f"(val_fraction {args.val_fraction}, seed {args.seed})",
         report_path=args.report,
         threads=args.threads,
         rounds=args.rounds,
