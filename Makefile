@@ -76,7 +76,8 @@ postgresql-server:
 	  command -v apt-get >/dev/null || { echo "The monitoring tests need PostgreSQL's server binaries: install them, or set POSTGRES_BIN."; exit 1; }; \
 	  $(APT_INSTALL) postgresql; }
 
-# The model's other forms (ONNX for the browser, int8) and docs/model-variants.md, from model.zip.
+# From model.zip, in one step: the server's ONNX copy, the browser's form (the smallest of float32,
+# float16 and int8 that keeps the answers), their manifests and docs/model-variants.md (training/variants.py).
 variants: $(VENV)/.dev-installed
 	$(VENV)/bin/python -m training.variants
 

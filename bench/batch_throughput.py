@@ -1,7 +1,7 @@
 """Images per second: the batch command beside the HTTP API, on the same files and machine.
 
     python bench/batch_throughput.py                       # UC Merced's 1280 images, writes bench/batch-results.md
-    python bench/batch_throughput.py --models model.zip,model-int8.zip --reps 3
+    python bench/batch_throughput.py --models model.zip,other.zip --reps 3
 
 The batch command is run as a person runs it (``flask --app app predict FOLDER``, output to
 /dev/null) and reports its own rate, model loading excluded; its wall time with start-up is
@@ -89,7 +89,7 @@ def markdown(results: list[Measured], data: Path, count: int, reps: int, load_be
         "Procfile's gunicorn on loopback: 2 workers × 1 inference thread, as deployed.",
         "- **Engine**: both paths run the service's default (`INFERENCE_ENGINE=auto`): ONNX Runtime "
         "where a verified ONNX copy of the model file sits beside it (`model.onnx` is `model.zip`'s), "
-        "TorchScript otherwise (the int8 file has no ONNX copy).",
+        "TorchScript otherwise (a model file without its ONNX copy).",
         f"- **Method**: {reps} runs of each, interleaved in random order; the median (and the range).",
         "",
         "| path | setting | model | images/s (median) | range | wall time incl. start-up |",

@@ -24,8 +24,6 @@ from .errors import ModelContractError
 from .images import INPUT_SIZE
 
 META_FILE = "meta.json"
-# meta.json key of an int8 model file: the quantized engine its weights were packed for.
-QUANTIZED_ENGINE = "quantized_engine"
 # meta.json key of the model's own probabilities on ``smoke_batch()``, recorded when it is
 # exported: what its ONNX copy must answer (classifier/onnx_copy.py). Not shown in /model.
 SMOKE_ANSWERS = "smoke_answers"
@@ -69,7 +67,6 @@ def load_model(path: str | Path, warmup_runs: int = 3) -> LoadedModel:
         raise ModelContractError(f"Model file not found: {path}")
     started = time.perf_counter()
     meta = read_meta(path)
-    _use_quantized_engine(meta, path)
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError, ValueError or zipfile errors
@@ -95,26 +92,6 @@ def read_meta(path: str | Path) -> dict:
     except (OSError, zipfile.BadZipFile, KeyError):
         return {}  # torch.jit.load says what is wrong with the file
     return _read_meta(raw, Path(path))
-
-
-def _use_quantized_engine(meta: dict, path: Path) -> None:
-    """Select the quantized engine an int8 file was made for, before loading it.
-
-    torch re-packs int8 weights for the engine selected when the file is loaded, and one
-    engine's packing run by another gives wrong answers (see training/torchscript_int8.py).
-    The setting is process-wide; a process serves one model, and float models ignore it.
-    """
-    engine = meta.get(QUANTIZED_ENGINE)
-    if not engine:
-        return
-    import torch
-
-    if engine not in torch.backends.quantized.supported_engines:
-        raise ModelContractError(
-            f"{path} is an int8 model for the {engine!r} quantized engine, which this torch "
-            f"build lacks (it has {', '.join(torch.backends.quantized.supported_engines)})."
-        )
-    torch.backends.quantized.engine = engine
 
 
 def _read_labels(module, path: Path) -> tuple[str, ...]:

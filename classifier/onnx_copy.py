@@ -21,9 +21,12 @@ Otherwise TorchScript serves, and the reason goes to the log and to /health's
 ``engine_reason``; under ``INFERENCE_ENGINE=onnxruntime`` the start stops with it instead.
 ``check-model`` and ``swap-model`` come through the same function (``Classifier.setup``).
 
-The page's "On this device" path hands the same copy to browsers while it belongs to the
-served model (``matching_onnx_copy``; ``web/device.py``), so a new ``model.zip`` without a new
-``model.onnx`` turns both off with a reason instead of running an old model.
+The page's "On this device" path hands browsers the form ``training.variants`` chose for them
+(``model-browser.onnx``: the copy itself, or a smaller form made from it, measured on the
+validation split) while its manifest names the served model the same way
+(``matching_onnx_copy``; ``web/device.py``). A new ``model.zip`` without new copies turns both
+off with a reason instead of running an old model; the server's engine never runs a form that
+does not give the model file's answers, whatever its manifest says.
 """
 
 from __future__ import annotations
@@ -111,9 +114,6 @@ def serve_onnx_copy(model_path, onnx_path, threads: int) -> EngineChoice:
         raise OnnxCopyUnavailable("no ONNX copy is configured (ONNX_MODEL_PATH is empty).")
     model_path, onnx_path = Path(model_path), Path(onnx_path)
     manifest = matching_onnx_copy(onnx_path, model_path).manifest
-    if manifest["source"]["sha256"] != file_sha256(model_path):  # a variant (int8) of the file it names
-        raise OnnxCopyUnavailable(f"{onnx_path} was exported from {manifest['source'].get('file')}, "
-                                  f"of which {model_path.name} is a variant with answers of its own.")
     meta = read_meta(model_path)
     reference, source = _reference_answers(meta, manifest, model_path, manifest_path(onnx_path))
     if list(reference["labels"]) != list(manifest["labels"]):
@@ -188,12 +188,6 @@ def matching_onnx_copy(onnx_path: str | Path, served_model_path: str | Path) -> 
     return result
 
 
-def model_identity(model_path: str | Path) -> str:
-    """The SHA-256 of the trained model a file holds: its source's for a variant, else its own."""
-    source = read_meta(model_path).get("source") or {}
-    return source.get("sha256") or file_sha256(model_path)
-
-
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -224,11 +218,7 @@ def _check(onnx_path: Path, manifest_file: Path, served_path: Path) -> OnnxCopy:
         raise OnnxCopyUnavailable(f"{manifest_file} is not an ONNX-copy manifest ({exc}). {REGENERATE}")
     if file_sha256(onnx_path) != expected_sha:
         raise OnnxCopyUnavailable(f"{onnx_path} is not the file {manifest_file} describes. {REGENERATE}")
-    try:
-        served_identity = model_identity(served_path)
-    except ModelContractError as exc:
-        raise OnnxCopyUnavailable(f"The served model's meta.json cannot be read: {exc}") from exc
-    if served_identity != source_sha:
+    if file_sha256(served_path) != source_sha:
         raise OnnxCopyUnavailable(
             f"{onnx_path} was exported from another model than {os.path.basename(served_path)}, "
             f"which the server now serves. {REGENERATE}"

@@ -21,12 +21,11 @@ import pytest
 from app import create_app
 from classifier import onnx_copy
 from classifier.errors import ModelContractError, OnnxCopyUnavailable
-from training.export import export_model
-from classifier.onnx_copy import file_sha256, manifest_path
+from classifier.onnx_copy import manifest_path
 from classifier.pipeline import Classifier
 
 from testing import ROOT
-from testing.samples import TINY_LABELS, colour_network, image_bytes
+from testing.samples import TINY_LABELS, image_bytes
 
 RED, GREEN, BLUE = (image_bytes("PNG", colour=c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)])
 
@@ -181,17 +180,6 @@ def test_a_copy_onnx_runtime_cannot_load_is_refused_with_its_reason(tiny_model_p
     copy.write_bytes(junk)
     auto = Classifier.setup(tiny_model_path, threads=1, engine="auto", onnx_path=copy)
     assert auto.engine.name == "torchscript" and "ONNX Runtime cannot load" in auto.engine_reason
-
-
-def test_a_variant_of_the_model_the_copy_was_made_from_is_not_served_by_it(tiny_model_path, tiny_onnx,
-                                                                           tmp_path):
-    # As model-int8.zip is model.zip's: the page may run the float copy for it, the server may not.
-    source = {"file": tiny_model_path.name, "sha256": file_sha256(tiny_model_path)}
-    variant = export_model(colour_network(), TINY_LABELS, {"name": "tiny-colours", "source": source},
-                           tmp_path / "tiny-variant.zip", mean=(0, 0, 0), std=(1, 1, 1))
-    assert onnx_copy.matching_onnx_copy(tiny_onnx, variant)
-    classifier = Classifier.setup(variant, threads=1, engine="auto", onnx_path=tiny_onnx)
-    assert classifier.engine.name == "torchscript" and "variant" in classifier.engine_reason
 
 
 def test_torchscript_is_kept_when_asked_for_even_with_a_copy(tiny_model_path, tiny_onnx):

@@ -109,13 +109,14 @@ def test_quick_run_writes_a_model_file_under_the_contract(quick_run, data_dir):
     json.dumps(meta)  # plain JSON all the way down
 
 
-def test_quick_run_measures_the_variants_beside_its_model(quick_run):
+def test_quick_run_makes_and_measures_the_forms_beside_its_model(quick_run):
     _, model_path = quick_run
     table = model_path.with_name("model-variants.md").read_text()  # not the repository's docs/
-    for variant in ("TorchScript float32", "ONNX float32", "ONNX int8", "TorchScript int8"):
-        assert f"| {variant}" in table
-    assert matching_onnx_copy(model_path.with_suffix(".onnx"), model_path)  # the browser's copy matches
-    assert load_model(model_path.with_name("model-int8.zip")).meta["quantized_engine"] == "onednn"
+    for form in ("TorchScript float32", "ONNX float32", "ONNX int8", "ONNX float16"):
+        assert f"| {form}" in table
+    assert matching_onnx_copy(model_path.with_suffix(".onnx"), model_path)  # the server's copy matches
+    browser = matching_onnx_copy(model_path.with_name("model-browser.onnx"), model_path)  # the page's form too
+    assert browser.manifest["form"] in ("fp32", "int8", "fp16") and f"**The browser: " in table
 
 
 def test_quick_run_trains_on_the_exported_feedback_beside_the_data_set(quick_run, data_dir):

@@ -26,9 +26,9 @@ pytestmark = pytest.mark.slow
 
 # Not UC Merced's, and not as many: four colours, five images each.
 CLASSES = ("amber", "cobalt", "jade", "scarlet")
-# The tests that read the shipped model: its contract, its variants, a server and the lean
-# path serving it, its int8 copy.
-SHIPPED_MODEL_TESTS = ("tests/test_shipped_model.py", "tests/test_shipped_variants.py",
+# The tests that read the shipped model: its contract, its forms, its drift score, a server
+# and the lean path serving it.
+SHIPPED_MODEL_TESTS = ("tests/test_shipped_model.py", "tests/test_shipped_variants.py", "tests/test_shipped_drift.py",
                        "tests/test_server.py", "tests/test_lean_parity.py", "tests/test_variants.py")
 
 
@@ -74,7 +74,7 @@ def test_the_notebook_makes_the_repositorys_model_and_variants_the_users(own_rep
     assert model.meta["classes"] == len(CLASSES) and model.meta["dataset"].startswith("my-photos: ")
     assert (own_repository / "model.zip").read_bytes() != (ROOT / "model.zip").read_bytes()
     assert matching_onnx_copy(own_repository / "model.onnx", own_repository / "model.zip")  # the page's copy
-    assert load_model(own_repository / "model-int8.zip").labels == CLASSES
+    assert matching_onnx_copy(own_repository / "model-browser.onnx", own_repository / "model.zip")  # and its form
     table = (own_repository / "docs" / "model-variants.md").read_text()
     assert "my-photos validation split" in table
 

@@ -1,42 +1,37 @@
-"""Model variants: int8 copies made and checked, and the rule that picks the one to serve.
+"""The model's ONNX forms: int8 and float16 made and checked, and the rule that picks the browser's.
 
-The int8 TorchScript path rebuilds the real architecture, so it is tested on the shipped
-model.zip, whatever its classes (calibrated on a few fixture images); the ONNX paths on the
-tiny colour model.
-The table's judgement is tested on figures made up to hit each case.
+The int8 and float16 forms are made from the shipped model.zip's ONNX copy, whatever its
+classes (int8 calibrated on a few fixture images), so the tools are tried on the real
+architecture; the whole step (every form, the browser's chosen and its manifest) on the tiny
+colour model. The choice is tested on figures made up to hit each case.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import onnxruntime
 import pytest
 import torch
 
-from classifier.onnx_copy import file_sha256
-from classifier.errors import ModelContractError
+from classifier.engines import OnnxRuntimeEngine, TorchScriptEngine
+from classifier.onnx_copy import file_sha256, manifest_path, matching_onnx_copy
 from classifier.model import load_model
 from training.data import load_images
-from training.onnx_variants import export_onnx, quantize_onnx_int8
-from training.runtimes import OnnxRuntime, TorchScriptRuntime, probabilities
-from training.torchscript_int8 import check_rebuild, quantize_torchscript_int8, rebuild_network
-from training.variants import Measured, Report, Variant, VariantPaths, calibration_indices, markdown, recommendation
-from training.verify import Agreement, agreement
+from training.onnx_variants import convert_onnx_fp16, export_onnx, quantize_onnx_int8
+from training.variants import (BROWSER_MIN_AGREEMENT, Measured, Report, browser_path, calibration_indices,
+                               choose_browser_form, forms_beside, make_variants, markdown, why)
+from training.verify import Agreement, agreement, probabilities
 
 from testing import ROOT
 
 SHIPPED = ROOT / "model.zip"
 
 
-# Where the float model's best class leads its runner-up by this much, int8 must keep it: a
-# flip there takes more than quantisation's usual nudge (docs/model-variants.md measures it).
+# Where the float model's best class leads its runner-up by this much, a smaller form must keep
+# it: a flip there takes more than quantisation's usual nudge (docs/model-variants.md measures it).
 DECISIVE_MARGIN = 0.1
-
-
-@pytest.fixture(scope="module")
-def classes() -> list[str]:
-    """The shipped model's own classes (whatever the notebook's user trained it on)."""
-    return list(load_model(SHIPPED).labels)
 
 
 def fixture_images(data_dir, positions) -> torch.Tensor:
@@ -48,68 +43,91 @@ def fixture_images(data_dir, positions) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def shipped_int8_path(data_dir, tmp_path_factory) -> Path:
+def shipped_onnx(tmp_path_factory) -> Path:
+    return export_onnx(SHIPPED, tmp_path_factory.mktemp("forms") / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def shipped_int8(shipped_onnx, data_dir) -> Path:
     calibration = fixture_images(data_dir, [3])
-    return quantize_torchscript_int8(SHIPPED, tmp_path_factory.mktemp("int8") / "model-int8.zip", calibration)
+    return quantize_onnx_int8(shipped_onnx, shipped_onnx.with_name("model-int8.onnx"), calibration)
 
 
-def test_torchscript_int8_is_a_model_file_the_service_loads(shipped_int8_path, classes):
-    torch.backends.quantized.engine = "x86"  # whatever was selected before, the file says
-    loaded = load_model(shipped_int8_path)  # the service's loader: contract checks and warm-up
-    assert torch.backends.quantized.engine == "onednn"
-    assert loaded.labels == tuple(classes)
-    assert loaded.meta["quantized_engine"] == "onednn"
-    assert loaded.meta["source"] == {"file": "model.zip", "sha256": file_sha256(SHIPPED)}
-    assert loaded.meta["version"] == load_model(SHIPPED).meta["version"]
-    assert shipped_int8_path.stat().st_size < 0.4 * SHIPPED.stat().st_size
+@pytest.fixture(scope="module")
+def shipped_fp16(shipped_onnx) -> Path:
+    return convert_onnx_fp16(shipped_onnx, shipped_onnx.with_name("model-fp16.onnx"))
 
 
-def test_torchscript_int8_keeps_the_float_models_answers(shipped_int8_path, data_dir):
+def keeps_the_answers(form: Path, data_dir) -> None:
+    """On fixture images: the float model's decisive answers kept, the scores close on the whole."""
     images = fixture_images(data_dir, [0, 1, 2])
-    reference = probabilities(TorchScriptRuntime(SHIPPED, threads=1), images)
-    quantized = probabilities(TorchScriptRuntime(shipped_int8_path, threads=1), images)
+    reference = probabilities(TorchScriptEngine(load_model(SHIPPED)), images)
+    got = probabilities(OnnxRuntimeEngine(form, threads=1), images)
     best_two = reference.topk(2, dim=1).values
     decisive = best_two[:, 0] - best_two[:, 1] > DECISIVE_MARGIN  # all of them for the UC Merced model
     if decisive.any():  # a model sure of nothing here (a short trial run) has no answer to keep
-        result = agreement(reference[decisive], quantized[decisive], reference[decisive].argmax(1))
+        result = agreement(reference[decisive], got[decisive], reference[decisive].argmax(1))
         assert result.top1_agreement >= 0.95, result
-    assert float((reference - quantized).abs().max()) < 0.5
+    assert float((reference - got).abs().max()) < 0.5
     # And the scores as a whole stay close on every model: the mean total-variation distance.
-    assert float(0.5 * (reference - quantized).abs().sum(1).mean()) < 0.1
+    assert float(0.5 * (reference - got).abs().sum(1).mean()) < 0.1
 
 
-def test_rebuilt_network_is_checked_against_the_file(data_dir, classes):
-    frozen = load_model(SHIPPED).module
-    network = rebuild_network(frozen, len(classes))
-    images = fixture_images(data_dir, [0])[:2]
-    assert check_rebuild(frozen, network, images) < 1e-3
-    with torch.no_grad():
-        network._fc.bias += 0.5 * torch.arange(len(classes))  # a rebuild that went wrong
-    with pytest.raises(ValueError, match="differs from the model file"):
-        check_rebuild(frozen, network, images)
+def test_int8_is_a_quarter_of_the_size_and_keeps_the_answers(shipped_onnx, shipped_int8, data_dir):
+    assert shipped_int8.stat().st_size < 0.4 * shipped_onnx.stat().st_size
+    keeps_the_answers(shipped_int8, data_dir)
 
 
-def test_rebuild_refuses_another_architecture(tiny_model_path):
-    with pytest.raises(ValueError):
-        rebuild_network(load_model(tiny_model_path).module, 3)
-
-
-def test_a_quantized_engine_this_torch_lacks_is_refused(shipped_int8_path, monkeypatch):
-    monkeypatch.setattr(type(torch.backends.quantized), "supported_engines", ["qnnpack"])
-    with pytest.raises(ModelContractError, match="'onednn' quantized engine"):
-        load_model(shipped_int8_path)
+def test_fp16_is_half_the_size_takes_the_same_input_and_keeps_the_answers(shipped_onnx, shipped_fp16,
+                                                                           data_dir):
+    assert shipped_fp16.stat().st_size < 0.6 * shipped_onnx.stat().st_size
+    session = onnxruntime.InferenceSession(str(shipped_fp16), providers=["CPUExecutionProvider"])
+    # The page feeds every form the same float32 tensor and reads float32 logits.
+    assert [(i.name, i.type) for i in session.get_inputs()] == [("pixels", "tensor(float)")]
+    assert [(o.name, o.type) for o in session.get_outputs()] == [("logits", "tensor(float)")]
+    keeps_the_answers(shipped_fp16, data_dir)
 
 
 def test_onnx_int8_is_smaller_and_agrees_on_the_colour_model(tiny_model_path, tmp_path):
     fp32 = export_onnx(tiny_model_path, tmp_path / "tiny.onnx")
-    colours = torch.zeros(12, 3, 224, 224, dtype=torch.uint8)
-    for i in range(12):
-        colours[i, i % 3] = 60 + 15 * i  # red, green, blue images of several brightnesses
+    colours = colour_images()
     int8 = quantize_onnx_int8(fp32, tmp_path / "tiny-int8.onnx", colours)
-    reference = probabilities(TorchScriptRuntime(tiny_model_path, threads=1), colours)
-    result = agreement(reference, probabilities(OnnxRuntime(int8, threads=1), colours), torch.arange(12) % 3)
+    reference = probabilities(TorchScriptEngine(load_model(tiny_model_path)), colours)
+    got = probabilities(OnnxRuntimeEngine(int8, threads=1), colours)
+    result = agreement(reference, got, torch.arange(12) % 3)
     assert result.top1_agreement == 1.0 and result.accuracy == 1.0
     assert result.max_probability_difference < 0.05
+
+
+def colour_images() -> torch.Tensor:
+    """Red, green and blue images of several brightnesses: the colour model's classes in turn."""
+    colours = torch.zeros(12, 3, 224, 224, dtype=torch.uint8)
+    for i in range(12):
+        colours[i, i % 3] = 60 + 15 * i
+    return colours
+
+
+def test_one_step_makes_every_form_and_the_browsers_with_its_manifest(tiny_model_path, tmp_path):
+    model = tmp_path / "model.zip"
+    model.write_bytes(tiny_model_path.read_bytes())
+    colours = colour_images()
+    report = make_variants(model, colours, torch.arange(12) % 3, colours, data="colours",
+                           report_path=tmp_path / "variants.md", rounds=1, log=lambda line: None)
+    fp32, int8, fp16 = forms_beside(model)
+    assert all(form.path.is_file() for form in (fp32, int8, fp16))
+    assert [row.key for row in report.rows] == ["", "fp32", "int8", "fp16"]  # the TorchScript file first
+    browser = browser_path(model)
+    assert browser == tmp_path / "model-browser.onnx"
+    assert file_sha256(browser) == file_sha256(report.browser.path)
+    manifest = json.loads(manifest_path(browser).read_text())
+    assert manifest["form"] == report.browser.key and manifest["sha256"] == file_sha256(browser)
+    assert manifest["source"] == {"file": "model.zip", "sha256": file_sha256(model)}
+    assert manifest["made_from"] == {"file": "model.onnx", "sha256": file_sha256(fp32.path)}
+    assert [form["form"] for form in manifest["evidence"]["forms"]] == ["fp32", "int8", "fp16"]
+    assert manifest["evidence"]["validation_images"] == 12
+    assert manifest["evidence"]["why"].startswith(manifest["form"])
+    assert matching_onnx_copy(browser, model).manifest["labels"] == list(load_model(model).labels)
+    assert "## Which to serve" in (tmp_path / "variants.md").read_text()
 
 
 def test_agreement_counts_disagreements():
@@ -125,72 +143,53 @@ def test_calibration_takes_the_first_images_of_every_class():
     assert calibration_indices([0, 1, 0, 2, 1, 0, 2, 2], per_class=2) == [0, 1, 2, 3, 4, 6]
 
 
-def test_variant_paths_sit_beside_the_model():
-    paths = VariantPaths.beside("some/dir/model.zip")
-    assert paths == VariantPaths(Path("some/dir/model.onnx"), Path("some/dir/model-int8.onnx"), Path("some/dir/model-int8.zip"))
+def test_forms_sit_beside_the_model():
+    assert [form.path for form in forms_beside("some/dir/model.zip")] == [
+        Path("some/dir/model.onnx"), Path("some/dir/model-int8.onnx"), Path("some/dir/model-fp16.onnx")]
+    assert browser_path("some/dir/model.zip") == Path("some/dir/model-browser.onnx")
 
 
-# --- The rule that picks the variant to serve, on made-up figures ---------------------------
+# --- The rule that picks the browser's form, on made-up figures ---------------------------------
 
 
-def row(name, runtime, served, accuracy, agree, b1, b8, size=4_000_000, max_dp=0.1, changed=(0, 0)) -> Measured:
-    return Measured(
-        Variant(name, Path(f"{name}.bin"), runtime, served),
-        size,
-        Agreement(images=256, top1_agreement=agree, max_probability_difference=max_dp, accuracy=accuracy),
-        {1: b1, 8: b8},
-        changed_right=changed[0],
-        changed_wrong=changed[1],
-    )
+def row(key, size, agree, accuracy=0.99, b1=5.0, max_dp=0.01) -> Measured:
+    measured = Agreement(256, top1_agreement=agree, max_probability_difference=max_dp, accuracy=accuracy)
+    return Measured(key or "TorchScript float32", Path(f"{key or 'model'}.bin"), "engine", size, measured,
+                    key=key, latency_ms={1: b1, 8: 8 * b1})
 
 
-def report(rows) -> Report:
-    return Report(Path("model.zip"), {"name": "m", "version": "1"}, "ab" * 32, "data", 256, 1, 30, "cpu", "0", "0", 1.0, rows)
+TORCHSCRIPT = row("", 13_000_000, 1.0, max_dp=0.0)
+FP32 = row("fp32", 13_000_000, 1.0, max_dp=1e-6)
 
 
-REFERENCE = row("TorchScript float32", TorchScriptRuntime, True, 0.99, 1.0, 12.0, 100.0, 13_000_000, max_dp=0.0)
+def test_the_smallest_form_that_keeps_the_answers_goes_to_the_browser():
+    rows = [TORCHSCRIPT, FP32, row("int8", 3_500_000, 255 / 256, max_dp=0.06), row("fp16", 6_500_000, 1.0)]
+    assert choose_browser_form(rows).key == "int8"
+    assert 255 / 256 >= BROWSER_MIN_AGREEMENT
 
 
-def test_the_fastest_variant_with_the_float_models_answers_is_served():
-    onnx = row("onnx-fp32", OnnxRuntime, True, 0.99, 1.0, 4.0, 32.0, max_dp=1e-6)
-    text = recommendation(report([REFERENCE, onnx]))
-    assert "**Served: onnx-fp32** (`onnx-fp32.bin`): 4.0 ms at batch 1 against 12.0 ms (3.0×)" in text
-    assert "INFERENCE_ENGINE=auto" in text and "Faster" not in text
+def test_a_smaller_form_that_changes_more_answers_is_passed_over():
+    rows = [TORCHSCRIPT, FP32, row("int8", 3_500_000, 254 / 256), row("fp16", 6_500_000, 1.0)]
+    chosen = choose_browser_form(rows)
+    assert chosen.key == "fp16"
+    assert why(rows, chosen).startswith("fp16: the smallest form (6.5 MB)")
+    assert "int8 3.5 MB, 99.22%" in why(rows, chosen)
 
 
-def test_a_faster_variant_that_moves_the_scores_is_offered_by_configuration_only():
-    rows = [
-        REFERENCE,
-        row("onnx-fp32", OnnxRuntime, True, 0.99, 1.0, 5.0, 40.0, max_dp=1e-6),
-        row("ts-int8", TorchScriptRuntime, True, 0.99, 0.996, 4.0, 40.0, max_dp=0.4, changed=(1, 0)),
-        row("onnx-int8", OnnxRuntime, False, 0.99, 0.996, 2.0, 16.0, max_dp=0.05),
-    ]
-    text = recommendation(report(rows))
-    assert "**Served: onnx-fp32**" in text
-    assert "**Faster, with other scores: ts-int8**" in text and "MODEL_PATH=ts-int8.bin" in text
-    assert "changes the answer on 1 of 256 validation images (0 the float model got wrong, 1 it got right)" in text
-    assert "**Not served: onnx-int8**" in text
+def test_float32_goes_when_nothing_smaller_keeps_the_answers_and_the_torchscript_file_never():
+    small_torchscript = row("", 1_000, 1.0)
+    rows = [small_torchscript, FP32, row("int8", 3_500_000, 0.9), row("fp16", 6_500_000, 0.99)]
+    assert choose_browser_form(rows).key == "fp32"
+    with pytest.raises(ValueError, match="the export is broken"):
+        choose_browser_form([small_torchscript, row("fp32", 13_000_000, 0.98)])
 
 
-def test_without_a_faster_exact_variant_the_float_model_stays_served():
-    rows = [REFERENCE, row("slow-onnx", OnnxRuntime, True, 0.99, 1.0, 20.0, 160.0, max_dp=1e-6)]
-    text = recommendation(report(rows))
-    assert "**Served: TorchScript float32**: no faster variant gives its answers." in text
-
-
-def test_a_variant_that_changes_the_answers_is_refused_however_fast():
-    rows = [
-        REFERENCE,
-        row("low-agreement", TorchScriptRuntime, True, 0.99, 0.97, 1.0, 8.0),
-        row("less-accurate", TorchScriptRuntime, True, 0.98, 0.995, 1.0, 8.0),
-    ]
-    text = recommendation(report(rows))
-    assert "Fails the rule: low-agreement" in text and "less-accurate" in text
-    assert "**Served: TorchScript float32**" in text and "Faster" not in text
-
-
-def test_the_markdown_holds_the_table_and_the_method():
-    text = markdown(report([REFERENCE, row("ts-int8", TorchScriptRuntime, True, 0.99, 0.995, 4.0, 40.0)]))
-    assert "| TorchScript float32 | `model.zip`" not in text  # made-up paths, relative names
-    assert "| ts-int8 |" in text and "4.0 ms" in text and "5.0 ms |" in text  # batch 8 per image
+def test_the_markdown_holds_the_table_the_method_and_both_choices():
+    rows = [TORCHSCRIPT, FP32, row("int8", 3_500_000, 1.0, b1=2.0)]
+    text = markdown(Report(Path("model.zip"), {"name": "m", "version": "1"}, "ab" * 32, "data", 256, 1, 30,
+                           "cpu", "0", "0", 1.0, rows, rows[2]))
+    assert "| int8 | `int8.bin`" in text and "2.0 ms" in text and "16.0 ms |" in text
     assert "30 rounds" in text and "median" in text and "python -m training.variants" in text
+    assert "**The server: fp32**" in text and "**The browser: int8**" in text
+    assert "bench/browser-forms.md" in text
+    assert "TorchScript int8 (`model-int8.zip`) is no longer made" in text

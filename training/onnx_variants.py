@@ -1,4 +1,4 @@
-"""ONNX copies of a model file: float32 (also the browser's model) and int8 for ONNX Runtime.
+"""ONNX forms of a model file: the float32 copy the server runs, and smaller forms for the browser.
 
 The float32 export goes through torch's TorchScript-based exporter, the one that accepts a
 frozen ``ScriptModule`` as it is (the torch.export-based exporter, torch's default since
@@ -7,8 +7,12 @@ and a manifest beside it tells the server and the page what it is, with the evid
 gives the model file's answers, which each worker checks again without torch
 (``classifier.onnx_copy``).
 
-The int8 copy is ONNX Runtime's static quantisation: QDQ format, per-channel symmetric int8
-weights, uint8 activations whose ranges are calibrated on training images.
+The smaller forms are made from the float32 copy with ONNX Runtime's own tools: int8 by its
+static quantisation (QDQ format, per-channel symmetric int8 weights, uint8 activations whose
+ranges are calibrated on training images), float16 by its float16 converter (input and output
+stay float32, so the page feeds every form the same tensor). The one the page downloads gets a
+manifest of its own (``write_browser_manifest``): bound to the model file by SHA-256 as the
+copy is, with the evidence it was chosen on instead of the smoke batch's.
 """
 
 from __future__ import annotations
@@ -82,20 +86,7 @@ def write_manifest(onnx_path: str | Path, model: LoadedModel) -> Path:
         raise OnnxCopyUnavailable(f"{onnx_path} disagrees with {model_path} on the smoke batch "
                                   f"(max |Δp| {difference:.1e}).")
     manifest = {
-        "format": "onnx",
-        "file": onnx_path.name,
-        "sha256": file_sha256(onnx_path),
-        "bytes": onnx_path.stat().st_size,
-        "name": model.meta.get("name", ""),
-        "version": model.meta.get("version", ""),
-        "labels": list(model.labels),
-        "input": {
-            "name": "pixels",
-            "shape": ["batch", 3, 224, 224],
-            "description": "RGB in [0, 1], resized to 224x224 as the server does (Pillow bilinear, no crop)",
-        },
-        "output": {"name": "logits", "shape": ["batch", len(model.labels)]},
-        "source": {"file": model_path.name, "sha256": file_sha256(model_path)},
+        **describe(onnx_path, model),
         "evidence": {
             SMOKE_ANSWERS: smoke_answers(model.labels, expected),
             "max_difference": float(f"{difference:.2e}"),
@@ -106,6 +97,42 @@ def write_manifest(onnx_path: str | Path, model: LoadedModel) -> Path:
     path = manifest_path(onnx_path)
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
+
+
+def write_browser_manifest(form_path: str | Path, model: LoadedModel, form: str, made_from: str | Path,
+                           evidence: dict) -> Path:
+    """Describe the form of ``model`` that browsers download: which form, what it was made from, and why."""
+    made_from = Path(made_from)
+    manifest = {
+        **describe(form_path, model),
+        "form": form,
+        "made_from": {"file": made_from.name, "sha256": file_sha256(made_from)},
+        "evidence": {**evidence, "versions": installed_versions("torch", "onnxruntime")},
+    }
+    path = manifest_path(form_path)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def describe(onnx_path: str | Path, model: LoadedModel) -> dict:
+    """What every manifest says: the file, the model it answers for (by SHA-256), labels, input and output."""
+    onnx_path, model_path = Path(onnx_path), Path(model.path)
+    return {
+        "format": "onnx",
+        "file": onnx_path.name,
+        "sha256": file_sha256(onnx_path),
+        "bytes": onnx_path.stat().st_size,
+        "name": model.meta.get("name", ""),
+        "version": model.meta.get("version", ""),
+        "labels": list(model.labels),
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 3, *INPUT_SIZE],
+            "description": "RGB in [0, 1], resized to 224x224 as the server does (Pillow bilinear, no crop)",
+        },
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(model.labels)]},
+        "source": {"file": model_path.name, "sha256": file_sha256(model_path)},
+    }
 
 
 def installed_versions(*packages: str) -> dict[str, str]:
@@ -164,3 +191,18 @@ def quantize_onnx_int8(
     finally:
         prepared.unlink(missing_ok=True)
     return int8_path
+
+
+def convert_onnx_fp16(onnx_path: str | Path, fp16_path: str | Path) -> Path:
+    """ONNX Runtime's float16 converter on a float32 ONNX file; input and output stay float32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    fp16_path = Path(fp16_path)
+    fp16_path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # It warns about every constant it clamps into float16's range: they are counted below.
+        warnings.simplefilter("ignore", UserWarning)
+        converted = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    onnx.save(converted, str(fp16_path))
+    return fp16_path

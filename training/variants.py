@@ -1,23 +1,26 @@
-"""The served model in other forms, measured: ``python -m training.variants`` writes the table.
+"""The served model's other forms, made and measured in one step: ``python -m training.variants``.
 
-From a model file (``model.zip``) it makes
+``make variants`` and the notebook's last cell run the same function, ``make_variants``. From a
+model file (``model.zip``) it makes, beside it:
 
-- ``model.onnx``: ONNX float32, and its manifest ``model.onnx.json``. The page's "On this
-  device" path runs it in the browser; the server hands it out (``web/device.py``).
-- ``model-int8.onnx``: ONNX Runtime static int8, calibrated on training images.
-- ``model-int8.zip``: TorchScript int8 (``training/torchscript_int8.py``), a model file the
-  service serves unchanged: ``MODEL_PATH=model-int8.zip``.
+- ``model.onnx`` and its manifest ``model.onnx.json``: ONNX float32, with the evidence that it
+  gives the model file's answers; what the server's ONNX Runtime engine serves
+  (``classifier/onnx_copy.py``).
+- ``model-int8.onnx`` and ``model-fp16.onnx``: made from ``model.onnx`` with ONNX Runtime's own
+  tools (``training/onnx_variants.py``); measured, not committed.
+- ``model-browser.onnx`` and its manifest: the form the page's "On this device" downloads
+  (``web/device.py``), the smallest whose top-1 agreement with the model file on the
+  validation split is at least ``BROWSER_MIN_AGREEMENT``; its manifest says which and why.
 
-and measures each beside the TorchScript float model on the validation split: size, top-1
-accuracy, agreement with the TorchScript model (top-1, largest probability difference), and
-latency at batch 1 and batch 8. The table, with the machine and the method, goes to
-``docs/model-variants.md``; the notebook's last cell runs the same code, so a retrained model
-gets a new table.
+Each form is measured beside the TorchScript model on every validation image (size, accuracy,
+top-1 agreement, largest probability difference) and timed on this CPU; the table goes to
+``docs/model-variants.md``. Their speed in a browser is ``bench/browser_forms.py``'s.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,65 +28,59 @@ from typing import Sequence
 
 import torch
 
+from classifier.engines import OnnxRuntimeEngine, TorchScriptEngine
+from classifier.model import load_model, read_meta
 from classifier.onnx_copy import file_sha256
-from classifier.model import read_meta
 
 from .data import load_images, stratified_split
 from .data_set import add_data_option, data_set_or_exit
 from .latency import interleaved_latencies, load_average, machine_description, median_ms
-from .onnx_variants import export_onnx, quantize_onnx_int8
-from .runtimes import OnnxRuntime, TorchScriptRuntime, probabilities
-from .torchscript_int8 import quantize_torchscript_int8
-from .verify import Agreement, agreement
+from .onnx_variants import convert_onnx_fp16, export_onnx, quantize_onnx_int8, write_browser_manifest
+from .verify import Agreement, agreement, probabilities
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZES = (1, 8)
-# A variant may replace the served model when it keeps the answers: top-1 agreement with the
-# TorchScript float model of at least 99%, and validation accuracy at most half a point lower.
-MIN_AGREEMENT = 0.99
-MAX_ACCURACY_LOSS = 0.005
+# The page may download a smaller form than the server's copy when it gives the model file's
+# best class on at least this share of the validation images.
+BROWSER_MIN_AGREEMENT = 0.995
+REFERENCE = "TorchScript float32"
+RUNS_ON = {"torchscript": "torch (TorchScript)", "onnxruntime": "ONNX Runtime (CPU)"}
 
 
 @dataclass(frozen=True)
-class VariantPaths:
-    onnx: Path
-    onnx_int8: Path
-    torchscript_int8: Path
+class Form:
+    """An ONNX form of the model: ``key`` is what the browser's manifest calls it."""
 
-    @classmethod
-    def beside(cls, model_path: str | Path) -> "VariantPaths":
-        """model.zip → model.onnx, model-int8.onnx, model-int8.zip, in the same folder."""
-        model_path = Path(model_path)
-        stem = model_path.with_suffix("")
-        return cls(
-            onnx=stem.with_suffix(".onnx"),
-            onnx_int8=stem.with_name(stem.name + "-int8.onnx"),
-            torchscript_int8=stem.with_name(stem.name + "-int8.zip"),
-        )
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
+    key: str
+    title: str
     path: Path
-    runtime: type
-    served_by_the_service: bool  # the service can run it: via MODEL_PATH, or as the ONNX copy
+
+
+def forms_beside(model_path: str | Path) -> list[Form]:
+    """model.zip → model.onnx, model-int8.onnx, model-fp16.onnx, in the same folder."""
+    stem = Path(model_path).with_suffix("")
+    return [
+        Form("fp32", "ONNX float32", stem.with_suffix(".onnx")),
+        Form("int8", "ONNX int8 (static, QDQ)", stem.with_name(stem.name + "-int8.onnx")),
+        Form("fp16", "ONNX float16", stem.with_name(stem.name + "-fp16.onnx")),
+    ]
+
+
+def browser_path(model_path: str | Path) -> Path:
+    """model.zip → model-browser.onnx: the form the page downloads (DEVICE_MODEL_PATH's default)."""
+    stem = Path(model_path).with_suffix("")
+    return stem.with_name(stem.name + "-browser.onnx")
 
 
 @dataclass
 class Measured:
-    variant: Variant
+    title: str
+    path: Path
+    engine: str
     size_bytes: int
     agreement: Agreement
+    key: str = ""  # the ONNX form; empty for the TorchScript file itself
     latency_ms: dict[int, float] = field(default_factory=dict)
-    # Images whose top-1 differs from the float model's: how many it had right, how many wrong.
-    changed_right: int = 0
-    changed_wrong: int = 0
-
-    @property
-    def exact(self) -> bool:
-        """Gives the float model's answers: same top-1 everywhere, probabilities within 1e-3."""
-        return self.agreement.top1_agreement == 1.0 and self.agreement.max_probability_difference < 1e-3
 
 
 @dataclass
@@ -100,16 +97,11 @@ class Report:
     load_after: str
     seconds: float
     rows: list[Measured]
+    browser: Measured
 
     @property
     def reference(self) -> Measured:
         return self.rows[0]
-
-    def acceptable(self, row: Measured) -> bool:
-        return (
-            row.agreement.top1_agreement >= MIN_AGREEMENT
-            and row.agreement.accuracy >= self.reference.agreement.accuracy - MAX_ACCURACY_LOSS
-        )
 
 
 def calibration_indices(targets: Sequence[int], per_class: int) -> list[int]:
@@ -123,76 +115,113 @@ def calibration_indices(targets: Sequence[int], per_class: int) -> list[int]:
     return chosen
 
 
-def build_variants(model_path: str | Path, paths: VariantPaths, calibration_images: torch.Tensor, log=print) -> list[Variant]:
-    """Export every variant of ``model_path``; the TorchScript float model comes first."""
-    started = time.perf_counter()
-    export_onnx(model_path, paths.onnx)
-    log(f"exported {paths.onnx} in {time.perf_counter() - started:.0f}s")
-    started = time.perf_counter()
-    quantize_onnx_int8(paths.onnx, paths.onnx_int8, calibration_images)
-    log(f"quantised {paths.onnx_int8} in {time.perf_counter() - started:.0f}s")
-    started = time.perf_counter()
-    quantize_torchscript_int8(model_path, paths.torchscript_int8, calibration_images)
-    log(f"quantised {paths.torchscript_int8} in {time.perf_counter() - started:.0f}s")
-    return [
-        Variant("TorchScript float32", Path(model_path), TorchScriptRuntime, True),
-        Variant("ONNX float32", paths.onnx, OnnxRuntime, True),
-        Variant("ONNX int8 (static, QDQ)", paths.onnx_int8, OnnxRuntime, False),
-        Variant("TorchScript int8 (FX, oneDNN)", paths.torchscript_int8, TorchScriptRuntime, True),
+def make_forms(model_path: str | Path, calibration_images: torch.Tensor, log=print) -> list[Form]:
+    """Export the float32 copy (with its manifest), then the int8 and float16 forms made from it."""
+    fp32, int8, fp16 = forms = forms_beside(model_path)
+    steps = [
+        (fp32, lambda: export_onnx(model_path, fp32.path)),
+        (int8, lambda: quantize_onnx_int8(fp32.path, int8.path, calibration_images)),
+        (fp16, lambda: convert_onnx_fp16(fp32.path, fp16.path)),
     ]
+    for form, step in steps:
+        started = time.perf_counter()
+        step()
+        log(f"made {form.path} in {time.perf_counter() - started:.0f}s")
+    return forms
 
 
-def measure_variants(
-    variants: Sequence[Variant],
+def measure(
+    model_path: str | Path,
+    forms: Sequence[Form],
     val_images: torch.Tensor,
     val_targets: torch.Tensor,
     threads: int = 1,
     rounds: int = 30,
 ) -> list[Measured]:
-    """Accuracy and agreement on every validation image; interleaved latency at each batch size."""
-    runtimes = {variant.name: variant.runtime(variant.path, threads) for variant in variants}
-    answers_by_variant = {variant.name: probabilities(runtimes[variant.name], val_images) for variant in variants}
-    reference = answers_by_variant[variants[0].name]
-    rows = []
-    for variant in variants:
-        answers = answers_by_variant[variant.name]
-        changed = reference.argmax(1) != answers.argmax(1)
-        reference_right = reference.argmax(1) == val_targets
-        rows.append(
-            Measured(
-                variant,
-                variant.path.stat().st_size,
-                agreement(reference, answers, val_targets),
-                changed_right=int((changed & reference_right).sum()),
-                changed_wrong=int((changed & ~reference_right).sum()),
-            )
-        )
+    """Accuracy and agreement with the TorchScript file on every validation image; interleaved latency."""
+    torch.set_num_threads(threads)  # as the service's workers run: TORCH_THREADS
+    engines = {REFERENCE: TorchScriptEngine(load_model(model_path))}
+    engines.update({form.title: OnnxRuntimeEngine(form.path, threads) for form in forms})
+    answers = {title: probabilities(engine, val_images) for title, engine in engines.items()}
+    paths = {REFERENCE: Path(model_path), **{form.title: form.path for form in forms}}
+    keys = {form.title: form.key for form in forms}
+    rows = [
+        Measured(title, paths[title], RUNS_ON[engines[title].name], paths[title].stat().st_size,
+                 agreement(answers[REFERENCE], answers[title], val_targets), key=keys.get(title, ""))
+        for title in engines
+    ]
     for batch_size in BATCH_SIZES:
         batch = val_images[:batch_size].float().div(255).numpy()
-        calls = {name: (lambda runtime=runtime: runtime.logits(batch)) for name, runtime in runtimes.items()}
+        calls = {title: (lambda engine=engine: engine(batch)) for title, engine in engines.items()}
         samples = interleaved_latencies(calls, rounds=rounds, seed=batch_size)
         for row in rows:
-            row.latency_ms[batch_size] = median_ms(samples[row.variant.name])
+            row.latency_ms[batch_size] = median_ms(samples[row.title])
     return rows
 
 
-def make_report(
+def choose_browser_form(rows: Sequence[Measured]) -> Measured:
+    """The smallest ONNX form that gives the model file's best class on ``BROWSER_MIN_AGREEMENT`` of them."""
+    fit = [row for row in rows if row.key and row.agreement.top1_agreement >= BROWSER_MIN_AGREEMENT]
+    if not fit:
+        raise ValueError(f"no ONNX form agrees with the model file on {BROWSER_MIN_AGREEMENT:.1%} of "
+                         "the validation images, not even float32: the export is broken")
+    return min(fit, key=lambda row: row.size_bytes)
+
+
+def why(rows: Sequence[Measured], chosen: Measured) -> str:
+    """The browser form's choice in one sentence, with the figures it was made on."""
+    a = chosen.agreement
+    others = "; ".join(
+        f"{row.key} {_size(row.size_bytes)}, {row.agreement.top1_agreement:.2%}"
+        for row in rows if row.key and row is not chosen
+    )
+    return (f"{chosen.key}: the smallest form ({_size(chosen.size_bytes)}) whose top-1 agreement with the "
+            f"model file on {a.images} validation images is at least {BROWSER_MIN_AGREEMENT:.1%} "
+            f"({a.top1_agreement:.2%}; max |Δp| {a.max_probability_difference:.1e}). The others: {others}.")
+
+
+def write_browser_form(model_path: str | Path, rows: Sequence[Measured], chosen: Measured) -> Path:
+    """Copy the chosen form to ``model-browser.onnx`` and write its manifest, with the evidence."""
+    target = browser_path(model_path)
+    shutil.copyfile(chosen.path, target)
+    evidence = {
+        "rule": f"the smallest form whose top-1 agreement with {Path(model_path).name} on the validation "
+                f"split is at least {BROWSER_MIN_AGREEMENT}",
+        "why": why(rows, chosen),
+        "validation_images": chosen.agreement.images,
+        "forms": [_evidence(row) for row in rows if row.key],
+    }
+    fp32 = next(row for row in rows if row.key == "fp32")
+    write_browser_manifest(target, load_model(model_path), chosen.key, fp32.path, evidence)
+    return target
+
+
+def _evidence(row: Measured) -> dict:
+    a = row.agreement
+    return {"form": row.key, "bytes": row.size_bytes, "top1_agreement": round(a.top1_agreement, 6),
+            "max_probability_difference": float(f"{a.max_probability_difference:.2e}"),
+            "accuracy": round(a.accuracy, 6)}
+
+
+def make_variants(
     model_path: str | Path,
     val_images: torch.Tensor,
     val_targets: torch.Tensor,
     calibration_images: torch.Tensor,
-    paths: VariantPaths,
     data: str,
+    report_path: str | Path | None = None,
     threads: int = 1,
     rounds: int = 30,
     log=print,
 ) -> Report:
-    """Build every variant of ``model_path`` and measure them: what the table shows."""
+    """Every form of ``model_path``, measured; the browser's chosen and written; the table written."""
     started = time.perf_counter()
     load_before = load_average()
-    variants = build_variants(model_path, paths, calibration_images, log=log)
-    rows = measure_variants(variants, val_images, val_targets, threads=threads, rounds=rounds)
-    return Report(
+    forms = make_forms(model_path, calibration_images, log=log)
+    rows = measure(model_path, forms, val_images, val_targets, threads=threads, rounds=rounds)
+    browser = choose_browser_form(rows)
+    log(f"the browser's form: {write_browser_form(model_path, rows, browser)} ({why(rows, browser)})")
+    report = Report(
         model_path=Path(model_path),
         model_meta=read_meta(model_path),
         model_sha256=file_sha256(model_path),
@@ -205,7 +234,12 @@ def make_report(
         load_after=load_average(),
         seconds=time.perf_counter() - started,
         rows=rows,
+        browser=browser,
     )
+    if report_path:
+        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(report_path).write_text(markdown(report))
+    return report
 
 
 def _size(size_bytes: int) -> str:
@@ -227,14 +261,14 @@ def _path(path: Path) -> str:
 
 def table(report: Report) -> str:
     lines = [
-        "| variant | file | runs on | size | val top-1 | top-1 agreement | max abs Δp "
+        "| form | file | runs on | size | val top-1 | top-1 agreement | max abs Δp "
         "| batch 1 | batch 8 | batch 8, per image |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report.rows:
         a = row.agreement
         lines.append(
-            f"| {row.variant.name} | `{_path(row.variant.path)}` | {row.variant.runtime.engine} "
+            f"| {row.title} | `{_path(row.path)}` | {row.engine} "
             f"| {_size(row.size_bytes)} | {a.accuracy:.2%} | {a.top1_agreement:.2%} "
             f"| {_difference(a.max_probability_difference)} | {row.latency_ms[1]:.1f} ms "
             f"| {row.latency_ms[8]:.1f} ms | {row.latency_ms[8] / 8:.1f} ms |"
@@ -242,121 +276,70 @@ def table(report: Report) -> str:
     return "\n".join(lines)
 
 
-def recommendation(report: Report) -> str:
-    """Which variant the figures say to serve, by the rule stated with it, and why."""
+def server_text(report: Report) -> str:
     reference = report.reference
-    acceptable = [row for row in report.rows if report.acceptable(row)]
-    served = min((row for row in report.rows if row.exact and row.variant.served_by_the_service),
-                 key=lambda row: row.latency_ms[1])
-    refused = [row for row in report.rows if row not in acceptable]
-    images = reference.agreement.images
-
-    def versus(row: Measured) -> str:
-        text = (
-            f"{row.latency_ms[1]:.1f} ms at batch 1 against {reference.latency_ms[1]:.1f} ms "
-            f"({reference.latency_ms[1] / row.latency_ms[1]:.1f}×), {row.latency_ms[8] / 8:.1f} ms per image "
-            f"at batch 8 against {reference.latency_ms[8] / 8:.1f} ms, "
-            f"{_size(row.size_bytes)} against {_size(reference.size_bytes)}, "
-            f"validation top-1 {row.agreement.accuracy:.2%} against {reference.agreement.accuracy:.2%}, "
-            f"max abs Δp {row.agreement.max_probability_difference:.1e}"
-        )
-        changed = row.changed_right + row.changed_wrong
-        if changed:
-            text += (
-                f"; it changes the answer on {changed} of {images} validation images "
-                f"({row.changed_wrong} the float model got wrong, {row.changed_right} it got right)"
-            )
-        return text
-
-    rule = (
-        "The rule: the service serves the fastest variant that gives the float model's answers "
-        "(the same top-1 on every validation image, probabilities within 1e-3), so that the "
-        "notebook's verified figures, the server and the browser's on-device path all say the "
-        "same thing. A variant that keeps the top-1 answers (agreement with the float model at "
-        f"least {MIN_AGREEMENT:.0%}, validation top-1 at most {MAX_ACCURACY_LOSS:.1%} lower) but "
-        "moves the scores can be chosen by configuration where throughput matters more."
+    fp32 = next(row for row in report.rows if row.key == "fp32")
+    return (
+        f"**The server: {fp32.title}** (`{_path(fp32.path)}`), {fp32.latency_ms[1]:.1f} ms at batch 1 "
+        f"against {reference.latency_ms[1]:.1f} ms for the TorchScript file, max abs Δp "
+        f"{fp32.agreement.max_probability_difference:.1e}. The rule is the engine's, not this table's: "
+        "ONNX Runtime serves only a copy that gives the model file's answers, probabilities within 1e-4 "
+        "on the smoke batch, checked by every worker as it starts (`classifier/onnx_copy.py`); else the "
+        "TorchScript file serves. The int8 and float16 forms do not pass it: the server never serves them."
     )
-    parts = [rule, ""]
-    if served is reference:
-        parts.append(f"**Served: {reference.variant.name}**: no faster variant gives its answers.")
-    else:
-        parts.append(
-            f"**Served: {served.variant.name}** (`{_path(served.variant.path)}`): {versus(served)}. "
-            "`INFERENCE_ENGINE=auto` (the default) finds it beside the model file, checks that its "
-            "manifest names that file and that ONNX Runtime gives the TorchScript answers recorded "
-            "for it on a smoke batch, and runs it with ONNX Runtime; where it is missing or stale "
-            "the service runs the TorchScript file and says why (`classifier/onnx_copy.py`)."
-        )
-    faster = [row for row in acceptable if not row.exact and row.latency_ms[1] < served.latency_ms[1]]
-    opt_in = [row for row in faster if row.variant.served_by_the_service]
-    if opt_in:
-        best = min(opt_in, key=lambda row: row.latency_ms[1])
-        parts += ["", (
-            f"**Faster, with other scores: {best.variant.name}** (`{_path(best.variant.path)}`): "
-            f"{versus(best)}. Opt in with `MODEL_PATH={best.variant.path.name}`; it is not the "
-            "default because its scores are not the verified model's, and int8 speed depends on "
-            "the CPU's int8 instructions: measure on the platform's CPU first."
-        )]
-    for row in sorted((r for r in faster if not r.variant.served_by_the_service), key=lambda r: r.latency_ms[1]):
-        parts += ["", (
-            f"**Not served: {row.variant.name}**: {versus(row)}. ONNX Runtime serves only a copy "
-            "that gives the model file's answers, which this one does not."
-        )]
-    if refused:
-        parts += ["", "Fails the rule: " + "; ".join(
-            f"{row.variant.name} (agreement {row.agreement.top1_agreement:.2%}, "
-            f"top-1 {row.agreement.accuracy:.2%})"
-            for row in refused
-        ) + "."]
-    return "\n".join(parts)
+
+
+def browser_text(report: Report) -> str:
+    chosen = report.browser
+    return (
+        f"**The browser: {chosen.title}**, copied to `{_path(browser_path(report.model_path))}` with a "
+        f"manifest that binds it to `{report.model_path.name}` by SHA-256 and records why: "
+        f"{why(report.rows, chosen)} The rule: the page downloads the smallest form whose top-1 agreement "
+        f"with the model file on the validation split is at least {BROWSER_MIN_AGREEMENT:.1%}; the server "
+        "hands it out only while its manifest names the served file (`web/device.py`). Its speed in "
+        "Chromium with onnxruntime-web, and the same agreement measured there: "
+        "[bench/browser-forms.md](../bench/browser-forms.md); the first visit's download: "
+        "[docs/page.md](page.md#on-this-device)."
+    )
 
 
 def markdown(report: Report) -> str:
     meta = report.model_meta
     return f"""# Model variants, measured
 
-*Generated by `python -m training.variants` (or the last cell of `train_notebook.ipynb`) from
-`{report.model_path.name}`: do not edit by hand, run it again after training a new model.*
+*Generated by `python -m training.variants` (`make variants`, or the last cell of
+`train_notebook.ipynb`) from `{report.model_path.name}`: do not edit by hand, run it again after
+training a new model.*
 
 - **Model**: {meta.get("name", "?")} {meta.get("version", "?")}, created {meta.get("created", "?")},
   `{report.model_path.name}` SHA-256 `{report.model_sha256[:16]}…`
-- **Data**: {report.data}; int8 variants calibrated on {report.calibration_images} training images.
+- **Data**: {report.data}; int8 calibrated on {report.calibration_images} training images.
 - **Machine**: {report.machine}; {report.threads} thread(s) per engine (torch and ONNX Runtime),
   as each gunicorn worker runs (`TORCH_THREADS` = cores ÷ workers); load average (1/5/15 min)
   {report.load_before} before, {report.load_after} after (a shared machine).
 - **Method**: accuracy and agreement on every validation image, against the true class and
-  against the TorchScript float model. Latency: the first validation images as one batch of 1
-  or 8, 3 warm-up calls, then {report.rounds} rounds that time every variant once in a new
-  random order; the median is shown. Model inference only: decoding and resizing (under
-  1 ms for a 256×256 JPEG) and HTTP come on top, the same for every variant; for whole
-  requests and the batch command with each TorchScript model see `bench/batch-results.md`.
+  against the TorchScript file. Latency on this CPU: the first validation images as one batch
+  of 1 or 8, 3 warm-up calls, then {report.rounds} rounds that time every form once in a new
+  random order; the median is shown. Model inference only: decoding, resizing and HTTP come on
+  top, the same for every form.
 
 {table(report)}
 
 ## Which to serve
 
-{recommendation(report)}
+{server_text(report)}
 
-The browser's "On this device" path runs the same **ONNX float32** file (`model.onnx`) with
-onnxruntime-web: it gives the server's answers (scores within 0.01, checked in Chromium by
-`tests/test_browser_device.py`), which int8 does not promise (see max abs Δp above).
+{browser_text(report)}
 
-These are model-only timings at one thread. Whole requests through gunicorn, against the
-reference app and LitServe, are in `bench/RESULTS.md`; the batch command's in
-`bench/batch-results.md`.
+TorchScript int8 (`model-int8.zip`) is no longer made: the browser cannot run it, it changed
+the scores far more than ONNX int8 does, and it needed a rebuild of the network and its own
+quantized engine in the loader; [docs/model.md](model.md#model-variants) keeps its last figures.
 """
-
-
-def write_markdown(report: Report, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown(report))
-    return path
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="model.zip", help="the model file to make variants of")
+    parser.add_argument("--model", default="model.zip", help="the model file to make the forms of")
     add_data_option(parser)
     parser.add_argument("--val-fraction", type=float, default=0.2, help="as in the notebook")
     parser.add_argument("--seed", type=int, default=0, help="as in the notebook")
@@ -369,19 +352,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     split = stratified_split(data_set, val_fraction=args.val_fraction, seed=args.seed)
     chosen = calibration_indices(split.train_targets, args.calibration_per_class)
-    calibration = load_images([split.train_files[i] for i in chosen])
-    report = make_report(
+    report = make_variants(
         args.model,
         load_images(split.val_files),
         torch.tensor(split.val_targets),
-        calibration,
-        VariantPaths.beside(args.model),
-        data=f"{data_set.name} validation split: {split.summary()} (val_fraction {args.val_fraction}, seed {args.seed})",
+        load_images([split.train_files[i] for i in chosen]),
+        data=f"{data_set.name} validation split: {split.summary()} "
+             f"(val_fraction {args.val_fraction}, seed {args.seed})",
+        report_path=args.report,
         threads=args.threads,
         rounds=args.rounds,
     )
     print(table(report))
-    print(f"wrote {write_markdown(report, args.report)} in {report.seconds:.0f}s")
+    print(f"wrote {args.report} in {report.seconds:.0f}s")
 
 
 if __name__ == "__main__":

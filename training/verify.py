@@ -34,6 +34,15 @@ def agreement(reference: torch.Tensor, other: torch.Tensor, targets: torch.Tenso
     )
 
 
+def probabilities(engine, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Softmax over uint8 N×3×224×224 images, in batches, through one of the service's engines."""
+    rows = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].float().div(255).numpy()
+        rows.append(torch.softmax(torch.from_numpy(engine(batch)).float(), dim=1))
+    return torch.cat(rows)
+
+
 def check_export(path: str | Path, eager_model: nn.Module, labels: Sequence[str], images: torch.Tensor, targets: torch.Tensor) -> Agreement:
     """Reload the file through the service's loader (the contract check) and compare with eager."""
     loaded = load_model(path)

@@ -1,8 +1,11 @@
-"""The browser's copy of the model: GET /model.onnx.json (its manifest) and GET /model.onnx.
+"""The browser's form of the model: GET /model.onnx.json (its manifest) and GET /model.onnx.
 
 The page's "On this device" path downloads these from the page's own origin and runs the
-model with onnxruntime-web. Both answer 404 with the reason when there is no copy that
-matches the served model (``classifier.onnx_copy``), or when DEVICE_MODEL_PATH is empty.
+model with onnxruntime-web. The form is DEVICE_MODEL_PATH, ``model-browser.onnx``: the
+smallest ONNX form of the served model that gives its answers on the validation split
+(``training.variants``); its manifest says which form and why. Both answer 404 with the
+reason when there is no form whose manifest names the served model (``classifier.onnx_copy``),
+or when DEVICE_MODEL_PATH is empty.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class Manifest(Schema):
+    form = fields.String(metadata={"description": "fp32, fp16 or int8; evidence.why says why this one"})
     labels = fields.List(fields.String(), required=True)
     sha256 = fields.String(required=True)
     url = fields.String(required=True)
@@ -47,10 +51,10 @@ def current_device_model() -> OnnxCopy:
 
 
 @device.get("/model.onnx.json")
-@device.response(200, Manifest, description="Labels, hash and URL of model.onnx.")
+@device.response(200, Manifest, description="Labels, form, hash and URL of the browser's model.")
 @device.errors("device_model_unavailable")
 def manifest():
-    """The manifest of the model's ONNX copy, which the page runs in the browser"""
+    """The manifest of the model's form for browsers, which the page runs on the device"""
     model = current_device_model()
     return jsonify({**model.manifest, "url": url_for("device.onnx_file")})
 
@@ -60,7 +64,7 @@ def manifest():
                  description="The ONNX file.")
 @device.errors("device_model_unavailable")
 def onnx_file():
-    """The served model as ONNX float32, for onnxruntime-web"""
+    """The served model's form for browsers (ONNX), for onnxruntime-web"""
     model = current_device_model()
     handed_over = hand_to_front(model.path)
     if handed_over is not None:

@@ -165,9 +165,9 @@ SETTINGS: tuple[Setting, ...] = (
             "else TorchScript), onnxruntime (insist) or torchscript."),
     Setting("ONNX_MODEL_PATH", "model.onnx", text,
             "The ONNX copy of MODEL_PATH that ONNX Runtime serves (made by make variants); empty: TorchScript only."),
-    Setting("DEVICE_MODEL_PATH", "model.onnx", text,
-            "The ONNX copy the page's 'On this device' switch runs in the browser (it publishes the weights); "
-            "empty: no switch."),
+    Setting("DEVICE_MODEL_PATH", "model-browser.onnx", text,
+            "The ONNX form the page's 'On this device' switch runs in the browser, made by make variants "
+            "(it publishes the weights); empty: no switch."),
     # A candidate model beside the served one (docs/model.md#a-candidate-model-shadow-and-canary)
     Setting("CANDIDATE_MODEL_PATH", "", text,
             "A second model file tried on live traffic beside MODEL_PATH (its ONNX copy: the same name "

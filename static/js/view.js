@@ -41,7 +41,7 @@ function statusText(entry) {
     case "waiting":
       return `${entry.name} is waiting for the images before it.`;
     case "loading":
-      return "Loading the model into this browser, once (a download of about 30 MB)…";
+      return "Loading the model into this browser, once (a download of several MB)…";
     case "pending":
       return entry.path === "device" ? `Classifying ${entry.name} on this device…` : `Classifying ${entry.name}…`;
     case "done": {
