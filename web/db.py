@@ -54,7 +54,9 @@ CONNECT_TIMEOUT_S = 3
 metadata = MetaData()
 
 # One row per answered image. Times are UTC. `item` is the image's place in a batch (0 for
-# POST /predict). The feedback columns hold the latest answer a user gave for it.
+# POST /predict). The feedback columns hold the latest answer a user gave for it. `source`
+# says which path answered: the server, or a browser's own copy of the model ("device",
+# reported by POST /device-predictions under the id the browser gave it).
 predictions = Table(
     "predictions",
     metadata,
@@ -70,6 +72,7 @@ predictions = Table(
     Column("feedback_label", String(200), nullable=True),
     Column("feedback_at", DateTime, nullable=True),
     Column("feedback_count", Integer, nullable=False, default=0),
+    Column("source", String(16), nullable=False, server_default="server"),
     # The 224x224 PNG the model saw, only with KEEP_IMAGES; last, so scans skip it.
     Column("image", LargeBinary, nullable=True),
     UniqueConstraint("request_id", "item", name="predictions_request_item"),
@@ -85,10 +88,13 @@ schema_version = Table(
     Column("applied_at", DateTime, nullable=False),
 )
 
-# Steps from one version to the next, applied in order at start; version 1 is what
-# `metadata.create_all` makes. A new column is a new entry here, e.g.
-# 2: lambda connection: connection.execute(text("ALTER TABLE predictions ADD COLUMN ...")).
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+# Steps from one version to the next, applied in order at start to a database made by an
+# older release; `metadata.create_all` makes a new one at the latest version. A new column is
+# a new entry here, and in the table above.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    2: lambda connection: connection.execute(
+        text("ALTER TABLE predictions ADD COLUMN source VARCHAR(16) NOT NULL DEFAULT 'server'")),
+}
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 # Two gunicorn workers start together; on PostgreSQL this lock lets one set up the schema.
 _PG_SCHEMA_LOCK = 0x6D6F6E69  # "moni"

@@ -1,4 +1,5 @@
-"""Watching the served model: POST /feedback, GET /monitoring, their figures in /metrics, and
+"""Watching the served model: POST /feedback, POST /device-predictions (the answers browsers
+made with their own copy of the model), GET /monitoring, their figures in /metrics, and
 ``flask --app app export-feedback DIR``.
 
 The figures come from the monitoring database (web/db.py), which every gunicorn worker
@@ -12,7 +13,7 @@ import hashlib
 import logging
 import re
 import time
-from datetime import timedelta
+from datetime import timedelta, timezone
 from pathlib import Path
 
 import click
@@ -21,8 +22,8 @@ from flask.cli import with_appcontext
 from marshmallow import fields, validate
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import and_, case, func, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import and_, case, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from classifier.drift import REFERENCE_KEY, drift_score, reference_distribution
 from classifier.errors import InvalidParameter
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 monitoring = Blueprint("monitoring", __name__, description="Watch the served model: feedback and figures")
 
 MAX_ITEM = 10_000
+MAX_DEVICE_PREDICTIONS = 100  # in one request: a browser sends what it kept offline in batches
+SOURCES = ("server", "device")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ID_MESSAGE = ("'request_id' must be the X-Request-ID header of the answer "
                "(1 to 128 of: letters, digits, ._:+/=-).")
@@ -71,6 +74,32 @@ class Feedback(Schema):
     correct = fields.Boolean(required=True)
     replaced = fields.String(required=True, allow_none=True,
                              metadata={"description": "The earlier answer this one replaced."})
+
+
+_DEVICE_ID = validate.Regexp(rf"(?:{REQUEST_ID_PATTERN.pattern})\Z",
+                            error="'id' must be 1 to 128 of: letters, digits, ._:+/=- (a UUID will do).")
+
+
+class DevicePrediction(Schema):
+    id = fields.String(required=True, validate=_DEVICE_ID, metadata={
+        "pattern": f"^{REQUEST_ID_PATTERN.pattern}$",
+        "description": "The browser's own id for the answer; feedback names it as its request_id."})
+    label = fields.String(required=True, validate=validate.Length(1, 200))
+    score = fields.Float(required=True, validate=validate.Range(0, 1))
+    model_name = fields.String(required=True, validate=validate.Length(1, 200))
+    model_version = fields.String(required=True, validate=validate.Length(1, 100))
+    created_at = fields.AwareDateTime(required=True, default_timezone=timezone.utc)
+
+
+class DevicePredictions(Schema):
+    predictions = fields.List(fields.Nested(DevicePrediction), required=True,
+                              validate=validate.Length(1, MAX_DEVICE_PREDICTIONS))
+
+
+class DeviceRecorded(Schema):
+    recorded = fields.Integer(required=True, validate=validate.Range(min=0))
+    already_recorded = fields.Integer(required=True, validate=validate.Range(min=0), metadata={
+        "description": "Sent before: each id is recorded once, however often it is sent."})
 
 
 class WindowQuery(Schema):
@@ -120,10 +149,23 @@ class Drift(Schema):
     reason = fields.String(required=True, allow_none=True)
 
 
+class SourceFigures(Schema):
+    predictions = fields.Integer(**_COUNT)
+    feedback = fields.Integer(**_COUNT)
+    correct = fields.Integer(**_COUNT)
+
+
+class BySource(Schema):
+    server = fields.Nested(SourceFigures, required=True)
+    device = fields.Nested(SourceFigures, required=True)
+
+
 class Report(Schema):
     model = fields.Nested(ModelName, required=True)
     window = fields.Nested(Window, required=True)
     predictions = fields.Nested(Predictions, required=True)
+    by_source = fields.Nested(BySource, required=True, metadata={
+        "description": "The same figures apart: answered by the server, or in browsers (device)."})
     feedback = fields.Nested(FeedbackFigures, required=True)
     low_confidence = fields.Nested(LowConfidence, required=True)
     drift = fields.Nested(Drift, required=True)
@@ -197,6 +239,53 @@ def give_feedback(connection, request_id: str, item: int, label: str) -> dict | 
     }
 
 
+@monitoring.post("/device-predictions")
+@api_key_required
+@monitoring.arguments(DevicePredictions)
+@monitoring.response(200, DeviceRecorded, description="Recorded.")
+@monitoring.errors("invalid_parameter", "unauthorized", "database_unavailable")
+def device_predictions(body: dict):
+    """Record answers a browser made with its own copy of the model
+
+    The page sends them with its user's consent, when the network allows: label, score,
+    model and time, never the image. Each has an id the browser made; an id already
+    recorded is not recorded again, so a browser may send the same answers twice.
+    """
+    return jsonify(record_device_predictions(body["predictions"]))
+
+
+def record_device_predictions(predictions: list[dict]) -> dict:
+    """Store browsers' answers beside the server's (source "device"); how many were new."""
+    now = db.utcnow()
+    rows = {p["id"]: {  # an id given twice in one request counts once
+        "request_id": p["id"], "item": 0, "source": "device", "label": p["label"], "score": p["score"],
+        "top": [[p["label"], p["score"]]], "model_name": p["model_name"], "model_version": p["model_version"],
+        # A browser's clock may run ahead of the server's: never a time after now.
+        "created_at": min(p["created_at"].astimezone(timezone.utc).replace(tzinfo=None), now),
+    } for p in predictions}
+    try:
+        try:
+            recorded = db.run(lambda connection: insert_new(connection, list(rows.values())))
+        except IntegrityError:  # another request recorded some of the same ids meanwhile
+            recorded = db.run(lambda connection: insert_new(connection, list(rows.values())))
+    except SQLAlchemyError as error:
+        log.error("device predictions not recorded: %s", db.error_reason(error))
+        raise ApiError("database_unavailable") from None
+    return {"recorded": recorded, "already_recorded": len(predictions) - recorded}
+
+
+def insert_new(connection, rows: list[dict]) -> int:
+    """Insert the rows whose request id is not recorded yet; how many that was."""
+    table = db.predictions
+    ids = [row["request_id"] for row in rows]
+    known = set(connection.execute(
+        select(table.c.request_id).where(table.c.request_id.in_(ids), table.c.item == 0)).scalars())
+    new = [row for row in rows if row["request_id"] not in known]
+    if new:
+        connection.execute(insert(table), new)
+    return len(new)
+
+
 @monitoring.get("/monitoring")
 @monitoring.doc(parameters=[{"in": "query", "schema": WindowQuery}])
 @monitoring.response(200, Report, description="The figures.")
@@ -231,6 +320,7 @@ def window_report(connection, classifier, seconds: int) -> dict:
     table = db.predictions
     rows = connection.execute(
         select(
+            table.c.source,
             table.c.label,
             func.count(),
             func.sum(case((table.c.score < threshold, 1), else_=0)),
@@ -239,17 +329,24 @@ def window_report(connection, classifier, seconds: int) -> dict:
         )
         .where(table.c.model_name == model.name, table.c.model_version == model.version,
                table.c.created_at >= since)
-        .group_by(table.c.label)
+        .group_by(table.c.source, table.c.label)
     ).all()
-    by_label = {label: int(count) for label, count, *_ in sorted(rows)}
+    by_label, by_source = {}, {source: {"predictions": 0, "feedback": 0, "correct": 0} for source in SOURCES}
+    for source, label, count, _, answers, right in rows:
+        by_label[label] = by_label.get(label, 0) + int(count)
+        figures = by_source[source]
+        figures["predictions"] += int(count)
+        figures["feedback"] += int(answers or 0)
+        figures["correct"] += int(right or 0)
     total = sum(by_label.values())
-    low = sum(int(row[2] or 0) for row in rows)
-    answered = sum(int(row[3] or 0) for row in rows)
-    correct = sum(int(row[4] or 0) for row in rows)
+    low = sum(int(row[3] or 0) for row in rows)
+    answered = sum(figures["feedback"] for figures in by_source.values())
+    correct = sum(figures["correct"] for figures in by_source.values())
     return {
         "model": {"name": model.name, "version": model.version},
         "window": {"seconds": seconds, "since": _iso(since), "until": _iso(until)},
-        "predictions": {"total": total, "by_label": by_label},
+        "predictions": {"total": total, "by_label": dict(sorted(by_label.items()))},
+        "by_source": by_source,
         "feedback": {"total": answered, "correct": correct, "accuracy": correct / answered if answered else None},
         "low_confidence": {"threshold": threshold, "total": low, "share": low / total if total else None},
         "drift": _drift(model, classifier.labels, by_label, float(config["DRIFT_THRESHOLD"])),
