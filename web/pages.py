@@ -51,7 +51,7 @@ def index():
 
 
 @pages.get("/sw.js")
-@pages.alt_response(200, schema={"type": "string"}, content_type="text/javascript",
+@pages.alt_response(200, schema={"type": "string"}, content_type="application/javascript",
                     description="JavaScript", success=True)
 def service_worker():
     """The page's service worker, which keeps it for use with no network"""
@@ -61,7 +61,7 @@ def service_worker():
     version = hashlib.sha256(digest.encode() + index().encode()).hexdigest()[:16]
     manifest = url_for("device.manifest") if current_app.config["DEVICE_MODEL_PATH"] else ""
     script = render_template("sw.js", version=version, files=[url_for("pages.index"), *files], manifest=manifest)
-    return script, 200, {"Content-Type": "text/javascript; charset=utf-8", "Cache-Control": "no-cache"}
+    return script, 200, {"Content-Type": "application/javascript; charset=utf-8", "Cache-Control": "no-cache"}
 
 
 @functools.lru_cache(maxsize=4)
