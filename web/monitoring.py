@@ -48,6 +48,8 @@ _ID_MESSAGE = ("'request_id' must be the X-Request-ID header of the answer "
                "(1 to 128 of: letters, digits, ._:+/=-).")
 _LABEL_MESSAGE = "'label' must be the right class, as a string."
 _ITEM_MESSAGE = f"'item' must be the image's place in its batch, from 0 to {MAX_ITEM}."
+_COUNT = {"required": True, "validate": validate.Range(min=0)}
+_SHARE = {"required": True, "allow_none": True, "validate": validate.Range(0, 1)}
 
 
 class FeedbackRequest(Schema):
@@ -97,9 +99,8 @@ class DevicePredictions(Schema):
 
 
 class DeviceRecorded(Schema):
-    recorded = fields.Integer(required=True, validate=validate.Range(min=0))
-    already_recorded = fields.Integer(required=True, validate=validate.Range(min=0), metadata={
-        "description": "Sent before: each id is recorded once, however often it is sent."})
+    recorded = fields.Integer(**_COUNT)
+    already_recorded = fields.Integer(**_COUNT)  # sent before: an id is recorded once
 
 
 class WindowQuery(Schema):
@@ -107,10 +108,6 @@ class WindowQuery(Schema):
         "description": "How far back to look: a whole number and s, m, h or d (at most "
                        f"{MAX_DURATION_S // 86400}d); empty means the default.",
         "pattern": f"^{DURATION_PATTERN.pattern}$", "default": Setting("MONITORING_WINDOW")})
-
-
-_COUNT = {"required": True, "validate": validate.Range(min=0)}
-_SHARE = {"required": True, "allow_none": True, "validate": validate.Range(0, 1)}
 
 
 class ModelName(Schema):
@@ -155,17 +152,13 @@ class SourceFigures(Schema):
     correct = fields.Integer(**_COUNT)
 
 
-class BySource(Schema):
-    server = fields.Nested(SourceFigures, required=True)
-    device = fields.Nested(SourceFigures, required=True)
-
-
 class Report(Schema):
     model = fields.Nested(ModelName, required=True)
     window = fields.Nested(Window, required=True)
     predictions = fields.Nested(Predictions, required=True)
-    by_source = fields.Nested(BySource, required=True, metadata={
-        "description": "The same figures apart: answered by the server, or in browsers (device)."})
+    by_source = fields.Dict(keys=fields.String(validate=validate.OneOf(SOURCES)), required=True,
+                            values=fields.Nested(SourceFigures),
+                            metadata={"description": "Answered by the server, or in browsers (device)."})
     feedback = fields.Nested(FeedbackFigures, required=True)
     low_confidence = fields.Nested(LowConfidence, required=True)
     drift = fields.Nested(Drift, required=True)

@@ -60,18 +60,19 @@ def service_worker():
     # replaces its copies when the script changes.
     version = hashlib.sha256(digest.encode() + index().encode()).hexdigest()[:16]
     manifest = url_for("device.manifest") if current_app.config["DEVICE_MODEL_PATH"] else ""
-    script = render_template("sw.js", version=version, files=[url_for("pages.index"), *files], manifest=manifest)
+    script = render_template("sw.js", version=version, files=[url_for("pages.index"), *files],
+                             manifest=manifest)
     return script, 200, {"Content-Type": "application/javascript; charset=utf-8", "Cache-Control": "no-cache"}
 
 
 @functools.lru_cache(maxsize=4)
 def static_files(folder: str, prefix: str) -> tuple[list[str], str]:
     """The URL of every file in static/, and a hash of their contents (read once per process)."""
-    paths = sorted(path for path in Path(folder).rglob("*") if path.is_file())
+    names = sorted(path.relative_to(folder).as_posix() for path in Path(folder).rglob("*") if path.is_file())
     digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.relative_to(folder).as_posix().encode() + hashlib.sha256(path.read_bytes()).digest())
-    return [prefix + path.relative_to(folder).as_posix() for path in paths], digest.hexdigest()
+    for name in names:
+        digest.update(name.encode() + hashlib.sha256((Path(folder) / name).read_bytes()).digest())
+    return [prefix + name for name in names], digest.hexdigest()
 
 
 @pages.after_request
