@@ -59,20 +59,7 @@ async function run(entry, file) {
   entry.state = "pending";
   select(entry);
   try {
-    try {
-      await classifyBy(entry.path, entry, file);
-    } catch (error) {
-      const other = entry.path === "device" ? "server" : "device";
-      if (!fallsBack(error, other)) throw error;
-      entry.fallback = error; // the answer says why the other path gave it
-      entry.path = other;
-      refresh(entry);
-      await classifyBy(other, entry, file).catch((second) => {
-        const [server, device] = other === "device" ? [error, second] : [second, error];
-        // No server: the device's reason is the one to give (unless it only says the same).
-        throw serverDidNotAnswer(server) && device.code !== "device_model_unavailable" ? device : server;
-      });
-    }
+    await classifyEitherWay(entry, file);
     entry.state = "done";
     if (entry.path === "device" && sharing()) await share(entry).catch((error) => console.warn("Not kept to share:", error));
   } catch (error) {
@@ -83,6 +70,26 @@ async function run(entry, file) {
   }
   refresh(entry);
   if (entry.state === "done" && sharing()) sendShared(); // the server may be back
+}
+
+/** Classify on the entry's path; when that fails in a way the other path may not, on the other. */
+async function classifyEitherWay(entry, file) {
+  try {
+    return await classifyBy(entry.path, entry, file);
+  } catch (error) {
+    const other = entry.path === "device" ? "server" : "device";
+    if (!fallsBack(error, other)) throw error;
+    entry.fallback = error; // the answer says why the other path gave it
+    entry.path = other;
+    refresh(entry);
+    try {
+      return await classifyBy(other, entry, file);
+    } catch (second) {
+      const [server, device] = other === "device" ? [error, second] : [second, error];
+      // With no server at all, the device's reason is the one that helps (unless it has no model).
+      throw serverDidNotAnswer(server) && device.code !== "device_model_unavailable" ? device : server;
+    }
+  }
 }
 
 /** Whether a failure of one path hands the image to the other path. */
