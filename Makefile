@@ -81,12 +81,23 @@ postgresql-server:
 variants: $(VENV)/.dev-installed
 	$(VENV)/bin/python -m training.variants
 
-# The page's copy of onnxruntime-web, re-created from vendor/package-lock.json. Its files are
+# The page's npm packages as served, re-created from vendor/package-lock.json. Their files are
 # committed, since a git-push platform's Python build does not run npm; only this needs npm.
+# onnxruntime-web ships a browser bundle. The TIFF decoder (tiff) ships ES modules that import
+# fflate and iobuffer by package name, which a browser cannot resolve: esbuild bundles the three
+# into one module. axe-core is the browser tests' accessibility checker: tests/vendor/, never served.
 ORT_WEB = static/vendor/onnxruntime-web
 ORT_WEB_FILES = ort.wasm.bundle.min.mjs ort-wasm-simd-threaded.wasm
+TIFF = static/vendor/tiff
+AXE = tests/vendor/axe-core
+NPM_VERSION = node -p 'process.argv.slice(1).map((name) => name + " " + require("$(CURDIR)/vendor/node_modules/" + name + "/package.json").version).join(", ")'
 vendor:
 	cd vendor && npm ci --ignore-scripts --no-audit --no-fund
-	mkdir -p $(ORT_WEB)
+	mkdir -p $(ORT_WEB) $(TIFF) $(AXE)
 	cd vendor/node_modules/onnxruntime-web/dist && cp $(ORT_WEB_FILES) $(CURDIR)/$(ORT_WEB)/
-	cd $(ORT_WEB) && { node -p '"onnxruntime-web " + require("$(CURDIR)/vendor/node_modules/onnxruntime-web/package.json").version + " from npm (vendor/package-lock.json), by make vendor"'; sha256sum $(ORT_WEB_FILES); } > VERSION
+	cd $(ORT_WEB) && { echo "$$($(NPM_VERSION) onnxruntime-web) from npm (vendor/package-lock.json), by make vendor"; sha256sum $(ORT_WEB_FILES); } > VERSION
+	cd vendor && echo 'export { decode } from "tiff";' | node_modules/.bin/esbuild --bundle --format=esm --minify > $(CURDIR)/$(TIFF)/tiff.min.mjs
+	cd vendor/node_modules && for name in tiff fflate iobuffer; do echo "== $$name"; cat $$name/LICENSE*; done > $(CURDIR)/$(TIFF)/LICENSE
+	cd $(TIFF) && { echo "$$($(NPM_VERSION) tiff fflate iobuffer) from npm (vendor/package-lock.json), bundled by $$($(NPM_VERSION) esbuild), by make vendor"; sha256sum tiff.min.mjs; } > VERSION
+	cp vendor/node_modules/axe-core/axe.min.js vendor/node_modules/axe-core/LICENSE $(AXE)/
+	cd $(AXE) && { echo "$$($(NPM_VERSION) axe-core) from npm (vendor/package-lock.json), by make vendor"; sha256sum axe.min.js; } > VERSION

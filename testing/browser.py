@@ -24,8 +24,15 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 SCREENSHOTS = ROOT / "test-results" / "screenshots"
-DESKTOP = {"viewport": {"width": 1280, "height": 800}}
-PHONE = {"viewport": {"width": 375, "height": 812}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
+# The page's service worker downloads the device model and onnxruntime-web on a first visit
+# (templates/sw.js); tests of the page itself leave it out, and use page.route, which does not
+# see what a service worker fetches. tests/test_browser_offline.py tests it: ``KEEPING``.
+DESKTOP = {"viewport": {"width": 1280, "height": 800}, "service_workers": "block"}
+PHONE = {"viewport": {"width": 375, "height": 812}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True,
+         "service_workers": "block"}
+KEEPING = {**DESKTOP, "service_workers": "allow"}
+# axe-core, the accessibility checker (vendored for the tests only by `make vendor`).
+AXE = ROOT / "tests" / "vendor" / "axe-core" / "axe.min.js"
 # The page's file chooser, by its label.
 CHOOSE = re.compile("Choose images")
 
@@ -60,3 +67,11 @@ def page_server(port: int = 0, **config):
     finally:
         server.shutdown()
         thread.join()
+
+
+def accessibility_violations(page) -> list[dict]:
+    """What axe-core finds wrong on the page as it is now (WCAG A and AA, and best practice)."""
+    if not page.evaluate("typeof axe !== 'undefined'"):
+        page.evaluate(AXE.read_text())  # evaluated by the test, so the page's CSP does not apply
+    return page.evaluate("""async () => (await axe.run(document)).violations.map((v) => ({
+        id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map((n) => n.target.join(" ")) }))""")

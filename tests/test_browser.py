@@ -48,12 +48,14 @@ def servers(tmp_path_factory):
     allowed_port = free_port()
     cors = {"CORS_ORIGINS": f"http://127.0.0.1:{allowed_port}"}
     log = tmp_path_factory.mktemp("browser") / "gunicorn.log"
+    # The pages alone offer no device model: when their API fails, no browser copy answers instead.
+    alone = {"DEVICE_MODEL_PATH": ""}
     with procfile_server(env=cors, log_path=log) as (api, _), ExitStack() as stack:
         yield Servers(
             api=api,
-            allowed=stack.enter_context(page_server(allowed_port, API_BASE=api)),
-            other=stack.enter_context(page_server()),
-            small_limit=stack.enter_context(page_server(MAX_CONTENT_LENGTH=16 * 1024)),
+            allowed=stack.enter_context(page_server(allowed_port, API_BASE=api, **alone)),
+            other=stack.enter_context(page_server(**alone)),
+            small_limit=stack.enter_context(page_server(MAX_CONTENT_LENGTH=16 * 1024, **alone)),
         )
 
 
@@ -150,7 +152,8 @@ def test_a_data_set_image_gets_its_label_scores_and_time(open_page, servers, mod
     assert answer["label"] == model_answer(dataset_jpeg)["label"]
     expect(status(page)).to_have_text(f"airplane00.jpg: {answer['label']}, {percent(answer['score'])}.")
     expect(scores(page)).to_have_text([re.compile(f"^{e['label']}\\s*{re.escape(percent(e['score']))}$") for e in answer["top"]])
-    expect(page.locator("#timing")).to_have_text(re.compile(r"^Answered by the server in (\d+ ms|\d+\.\d s)$"))
+    which = re.escape(f" · model {model['name']} {model['version']}")
+    expect(page.locator("#timing")).to_have_text(re.compile(rf"^Answered by the server in (\d+ ms|\d+\.\d s){which}$"))
     expect(page.get_by_role("img", name="Preview of airplane00.jpg")).to_be_visible()
     bar_widths = page.locator(".score .fill").evaluate_all("fills => fills.map(f => f.getBoundingClientRect().width)")
     # The best class's bar shows its score (half of it at least: it may still be growing).
@@ -254,6 +257,8 @@ def test_keyboard_and_screen_reader_can_use_it(open_page, servers, dataset_jpeg)
     page.keyboard.press("Space")
     expect(on_device).not_to_be_checked()  # back to the server for what follows
 
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("switch", name="Share this browser's answers")).to_be_focused()
     page.keyboard.press("Tab")
     expect(page.get_by_text("What it can recognise")).to_be_focused()
     page.keyboard.press("Tab")
@@ -413,6 +418,9 @@ def test_a_rate_limited_image_is_sent_again_after_retry_after(open_page, servers
 )
 def test_every_api_error_becomes_a_sentence(open_page, servers, dataset_jpeg, reply, sentence):
     page = open_page(servers.api)
+    # No model for this browser either, so the server's own answer is the one shown (the device
+    # answering instead: tests/test_browser_offline.py).
+    page.route("**/model.onnx.json", lambda route: route.fulfill(**api_error(404, "device_model_unavailable")))
     if reply == "abort":
         page.route("**/predict", lambda route: route.abort("connectionrefused"))
     else:

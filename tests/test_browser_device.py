@@ -1,13 +1,15 @@
 """'On this device' in a real browser: Chromium runs the model's browser form with onnxruntime-web.
 
-The same page, against the Procfile's gunicorn, classifies data-set images once through the
-server and once in the browser. The browser must give the answers of the form the server
-hands out (scores within 0.01 of ONNX Runtime's on that file, in this process), and the
-server's best class wherever the server is not torn between two; how far the form's scores
-may stand from the served model's was measured on the whole validation split when it was
-chosen (its manifest; docs/model-variants.md). The browser's resizing is checked byte for
-byte against Pillow's, and the model and onnxruntime-web are only downloaded on first use,
-from the page's own origin.
+The same page, against the Procfile's gunicorn, classifies data-set images (JPEG, and the
+data set's own TIFF) once through the server and once in the browser. The browser must give
+the answers of the form the server hands out (scores within 0.01 of ONNX Runtime's on that
+file, in this process), and the server's best class wherever the server is not torn between
+two; how far the form's scores may stand from the served model's was measured on the whole
+validation split when it was chosen (its manifest; docs/model-variants.md). The browser's
+resizing is checked byte for byte against Pillow's; the page loads the model and
+onnxruntime-web only on first use, from its own origin, and its service worker keeps them on
+a first visit: what that visit costs, as nginx sends it, is written to
+test-results/first-visit.json.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import re
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import onnxruntime
@@ -28,22 +31,30 @@ from classifier.engines import softmax
 from classifier.images import decode_image, resize_for_model
 
 from testing import ROOT
-from testing.browser import CHOOSE, DESKTOP, SCREENSHOTS, page_server
+from testing.browser import CHOOSE, DESKTOP, KEEPING, SCREENSHOTS, page_server
+from testing.samples import model_answer
 from testing.servers import procfile_server
 
 pytestmark = pytest.mark.slow
 
 PARITY_TOLERANCE = 0.01
 REPORT = ROOT / "test-results" / "device-parity.json"
-DEVICE_FILES = re.compile(r"/(model\.onnx(\.json)?|static/vendor/onnxruntime-web/.*)$")
+FIRST_VISIT = ROOT / "test-results" / "first-visit.json"
+DEVICE_FILES = re.compile(r"/(model\.onnx(\.json)?|static/vendor/onnxruntime-web/[^?]*)(\?.*)?$")
+# nginx's access line (config/nginx.conf.template, log_format front): the request and the bytes sent.
+ACCESS_LINE = re.compile(r'\] "GET (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) (?P<bytes>\d+) ')
 
 expect.set_options(timeout=60_000)  # the first device answer compiles onnxruntime-web's WebAssembly
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("device") / "gunicorn.log"
-    with procfile_server(log_path=log) as (url, _):
+def server_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("device") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(server_log):
+    with procfile_server(log_path=server_log) as (url, _):
         yield url
 
 
@@ -158,7 +169,7 @@ def test_the_model_loads_on_first_use_from_this_origin_with_a_message(open_page,
         page.wait_for_timeout(1500)
         route.continue_()
 
-    page.route("**/model.onnx", slow_model)
+    page.route("**/model.onnx?sha256=*", slow_model)
     page.get_by_label(CHOOSE).set_input_files(dataset_jpeg)
     expect(page.get_by_role("status")).to_have_text(re.compile("^Loading the model into this browser"))
     _, [scores] = form_answers(server, [dataset_jpeg])
@@ -166,23 +177,67 @@ def test_the_model_loads_on_first_use_from_this_origin_with_a_message(open_page,
     expect(page.get_by_role("status")).to_have_text(re.compile(rf"^airplane00\.jpg: {re.escape(label)}, "))
     expect(page.get_by_role("list", name="History").get_by_role("button").first).to_contain_text("This device")
     fetched = [url for url in requests if DEVICE_FILES.search(url)]
-    assert {Path(url).name for url in fetched} >= {"model.onnx.json", "model.onnx", "ort-wasm-simd-threaded.wasm"}
+    assert {Path(urlsplit(url).path).name for url in fetched} >= {"model.onnx.json", "model.onnx", "ort-wasm-simd-threaded.wasm"}
     assert all(url.startswith(server) for url in fetched)
     assert not [url for url in requests if "/predict" in url], "the device path sent the image to the server"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "page-device.png")
 
 
-def test_a_server_whose_model_changed_turns_the_device_path_off_in_words(open_page, tiny_model_path, dataset_jpeg):
-    # model.onnx was exported from model.zip; this server serves another model.
-    with page_server(MODEL_PATH=str(tiny_model_path)) as url:
+def test_a_server_whose_model_changed_answers_itself(open_page, tiny_model_path, dataset_jpeg):
+    # model.onnx was exported from model.zip; this server serves another model, so it offers
+    # browsers none, and answers an image meant for the device itself.
+    with page_server(MODEL_PATH=str(tiny_model_path), LOAD_MODEL=True, INFERENCE_ENGINE="torchscript") as url:
         page = open_page(url)
         switch(page).check()
         page.get_by_label(CHOOSE).set_input_files(dataset_jpeg)
-        expect(page.get_by_role("alert")).to_have_text(
-            'This server does not offer its model to run on this device at the moment. '
-            'Switch off "On this device" to classify on the server.'
-        )
+        expect(page.locator("#timing")).to_have_text(re.compile(
+            r"^Answered by the server in .* \(this browser could not classify it\) · model tiny-colours 0\.0\.1$"))
+        label = model_answer(dataset_jpeg, tiny_model_path)["label"]
+        expect(page.get_by_role("status")).to_have_text(re.compile(rf"^airplane00\.jpg: {label}, "))
+
+
+def test_a_tiff_is_previewed_and_classified_alike_on_both_paths(open_page, server, dataset_tiff):
+    """The data set's own format: decoded in the browser by the vendored decoder (tiff, npm)."""
+    page = open_page(server)
+    on_server = classify(page, dataset_tiff, "by the server")
+    preview = page.get_by_role("img", name=f"Preview of {dataset_tiff.name}")
+    expect(preview).to_be_visible()
+    assert preview.evaluate("image => [image.naturalWidth, image.naturalHeight]") == [256, 256]
+    expect(page.locator("#preview-note")).to_be_hidden()
+    switch(page).check()
+    on_device = classify(page, dataset_tiff, "on this device")
+    assert on_device[0][0] == on_server[0][0]
+    server_scores = dict(on_server)
+    assert max(abs(server_scores[label] - score) for label, score in on_device if label in server_scores) < PARITY_TOLERANCE
+
+
+def test_a_first_visit_keeps_the_page_and_the_model_for_offline_use(browser, server, server_log):
+    """What the service worker downloads, as nginx sends it (compressed where it pays)."""
+    logged = server_log.stat().st_size
+    context = browser.new_context(**KEEPING)
+    try:
+        page = context.new_page()
+        page.goto(server)
+        expect(page.locator("html")).to_have_attribute("data-offline", "ready")
+    finally:
+        context.close()
+    with server_log.open("rb") as log:
+        log.seek(logged)
+        sent = [match.groupdict() for match in ACCESS_LINE.finditer(log.read().decode(errors="replace"))]
+    # The page's own requests, then the service worker's (304 for what the page just fetched).
+    assert {line["status"] for line in sent} <= {"200", "304"}, sent
+    by_path: dict[str, int] = {}
+    for line in sent:
+        by_path[line["path"]] = by_path.get(line["path"], 0) + int(line["bytes"])
+    manifest = json.loads(urllib.request.urlopen(f"{server}/model.onnx.json").read())
+    model = f"{manifest['url']}?sha256={manifest['sha256']}"
+    wasm = "/static/vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm"
+    # The weights are sent whole (they barely compress), once; onnxruntime-web's WebAssembly gzipped.
+    assert by_path[model] == len(urllib.request.urlopen(server + manifest["url"]).read())
+    assert by_path[wasm] < (ROOT / wasm.lstrip("/")).stat().st_size / 2
+    FIRST_VISIT.parent.mkdir(parents=True, exist_ok=True)
+    FIRST_VISIT.write_text(json.dumps({"total_bytes": sum(by_path.values()), "by_path": by_path}, indent=2))
 
 
 def test_without_a_device_model_the_switch_is_not_offered(open_page):

@@ -62,11 +62,11 @@ def test_feedback_from_the_page_is_recorded_and_survives_a_restart(open_page, da
         predicted = page.locator("#scores li").first.get_attribute("data-label")
         right = next(label for label in get_json(f"{url}/model")["labels"] if label != predicted)
 
-        # By keyboard: from the file chooser, past the switch and the class list, to the question.
+        # By keyboard: from the file chooser, past the two switches and the class list, to the question.
         choice = page.get_by_role("combobox", name=QUESTION)
         expect(choice).to_be_visible()
         page.get_by_label(CHOOSE).focus()
-        for _ in range(3):
+        for _ in range(4):
             page.keyboard.press("Tab")
         expect(choice).to_be_focused()
         choice.select_option(right)

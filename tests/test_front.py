@@ -241,17 +241,20 @@ def cheap_predictions(url: str, source: str, forwarded_for, count: int) -> list[
     return [request(url, "POST", "/predict", source, b"", {"X-Forwarded-For": forwarded_for(i)})[0] for i in range(count)]
 
 
-def test_feedback_shares_the_prediction_routes_limit(server, images):
-    """POST /feedback writes to the database: a flood of it is refused like one of predictions."""
-    url = server[0]
-    body = json.dumps({"request_id": "no-such-request", "label": "no-such-class"}).encode()
-    statuses = [request(url, "POST", "/feedback", "127.3.0.4", body, {"Content-Type": "application/json"})[0]
-                for _ in range(60)]
-    # A class the model lacks: 400 from the app at once while within the limit, then 429 from the front.
+@pytest.mark.parametrize("path, body, source", [
+    ("/feedback", {"request_id": "no-such-request", "label": "no-such-class"}, "127.3.0.4"),
+    ("/device-predictions", {"predictions": []}, "127.3.0.5"),
+])
+def test_feedback_shares_the_prediction_routes_limit(server, images, path, body, source):
+    """POST /feedback and /device-predictions write to the database: a flood of either is refused
+    like one of predictions."""
+    url, body, json_type = server[0], json.dumps(body).encode(), {"Content-Type": "application/json"}
+    statuses = [request(url, "POST", path, source, body, json_type)[0] for _ in range(60)]
+    # A body the app refuses: 400 from the app at once while within the limit, then 429 from the front.
     assert set(statuses) == {400, 429} and statuses.count(429) >= 60 - 2 * RATE_LIMIT_BURST, statuses
-    assert_rate_limited(request(url, "POST", "/feedback", "127.3.0.4", body, {"Content-Type": "application/json"}))
-    assert_rate_limited(predict(url, "127.3.0.4", images[0]))  # one budget for both
-    assert request(url, "GET", "/health", "127.3.0.4")[0] == 200  # the rest of the site is not limited
+    assert_rate_limited(request(url, "POST", path, source, body, json_type))
+    assert_rate_limited(predict(url, source, images[0]))  # one budget for both
+    assert request(url, "GET", "/health", source)[0] == 200  # the rest of the site is not limited
 
 
 def test_the_router_hop_of_x_forwarded_for_is_the_client_and_a_client_cannot_forge_it(server, images):

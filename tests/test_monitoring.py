@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from app import create_app
 from classifier.drift import REFERENCE_KEY
@@ -324,6 +324,79 @@ def test_feedback_survives_a_restart(make_app):
     assert after.get("/monitoring").get_json()["feedback"] == {"total": 1, "correct": 0, "accuracy": 0.0}
     again = after.post("/feedback", json={"request_id": request_id, "label": "red"}).get_json()
     assert again["replaced"] == "green" and again["correct"] is True
+
+
+# --- Answers made in browsers (POST /device-predictions) -----------------------------------
+
+
+def device_answer(answer_id: str, label: str = "red", **fields) -> dict:
+    return {"id": answer_id, "label": label, "score": 0.9, "model_name": "tiny-colours", "model_version": "0.0.1",
+            "created_at": "2026-01-01T12:00:00+01:00", **fields}
+
+
+def test_answers_made_in_browsers_are_recorded_once_and_counted_apart(make_app):
+    app = make_app()
+    client = app.test_client()
+    predict(client, RED)
+    now = db.utcnow().isoformat() + "Z"
+    batch = [device_answer("a-1", created_at=now), device_answer("a-2", "green", created_at="2999-01-01T00:00:00Z"),
+             device_answer("a-1", created_at=now)]  # an id twice counts once
+    first = client.post("/device-predictions", json={"predictions": batch})
+    assert first.status_code == 200 and first.get_json() == {"recorded": 2, "already_recorded": 1}
+    again = client.post("/device-predictions", json={"predictions": batch[:2]})  # sent twice: recorded once
+    assert again.get_json() == {"recorded": 0, "already_recorded": 2}
+    # Feedback names a browser's answer by its own id.
+    assert client.post("/feedback", json={"request_id": "a-2", "label": "blue"}).get_json()["correct"] is False
+
+    recorded = {row.request_id: row for row in rows(app)}
+    assert len(recorded) == 3 and [row.source for row in recorded.values()].count("device") == 2
+    assert recorded["a-2"].created_at <= db.utcnow()  # a clock ahead of the server's: now at the latest
+    assert (recorded["a-1"].label, recorded["a-1"].score, recorded["a-1"].image) == ("red", 0.9, None)
+    report = client.get("/monitoring").get_json()
+    assert report["predictions"] == {"total": 3, "by_label": {"green": 1, "red": 2}}
+    assert report["by_source"] == {"server": {"predictions": 1, "feedback": 0, "correct": 0},
+                                   "device": {"predictions": 2, "feedback": 1, "correct": 0}}
+    # Another model's answers are kept, and counted for that model only.
+    client.post("/device-predictions", json={"predictions": [device_answer("old", model_version="0.0.0")]})
+    assert client.get("/monitoring").get_json()["by_source"]["device"]["predictions"] == 2
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("body", [
+    {}, {"predictions": []}, {"predictions": [device_answer(str(n)) for n in range(101)]},
+    {"predictions": [device_answer("has spaces")]}, {"predictions": [device_answer("x", score=1.5)]},
+    {"predictions": [device_answer("x", label="")]}, {"predictions": [device_answer("x", created_at="yesterday")]},
+    {"predictions": [{"id": "x", "label": "red", "score": 0.5}]}, [device_answer("x")],
+], ids=["empty", "none", "too-many", "bad-id", "bad-score", "no-label", "bad-time", "no-model", "a-list"])
+def test_bad_device_answers_get_a_json_400_and_nothing_is_recorded(make_app, body):
+    app = make_app()
+    response = app.test_client().post("/device-predictions", json=body)
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "invalid_parameter"
+    assert rows(app) == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_device_answers_need_the_api_key_like_feedback(make_app):
+    client = make_app(API_KEY=KEY).test_client()
+    body = {"predictions": [device_answer("a-1")]}
+    assert client.post("/device-predictions", json=body).status_code == 401
+    assert client.post("/device-predictions", headers={"X-API-Key": KEY}, json=body).status_code == 200
+
+
+def test_a_database_of_schema_version_1_gets_the_source_column(make_app):
+    before = make_app()
+    request_id, _ = predict(before.test_client(), RED)
+    records.flush(before)
+    with db.get_database(before).engine.begin() as connection:  # as the release before left it
+        connection.execute(text("ALTER TABLE predictions DROP COLUMN source"))
+        connection.execute(db.schema_version.delete())
+        connection.execute(db.schema_version.insert().values(version=1, applied_at=db.utcnow()))
+    db.get_database(before).engine.dispose()
+
+    after = make_app()
+    with db.get_database(after).engine.begin() as connection:
+        assert connection.execute(select(db.schema_version.c.version)).scalars().all() == [1, 2]
+    assert [(row.request_id, row.source) for row in rows(after)] == [(request_id, "server")]
 
 
 # --- GET /monitoring ---------------------------------------------------------------------

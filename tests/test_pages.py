@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import struct
 from html.parser import HTMLParser
 from urllib.parse import urljoin
 
@@ -130,3 +132,44 @@ def test_page_controls_are_labelled_and_results_are_announced(page):
     assert page.by_id("status")[1]["aria-live"] == "polite"
     assert page.by_id("error")[1]["role"] == "alert"
     assert page.root()["lang"] == "en"
+
+
+def service_worker(config: dict | None = None) -> tuple[object, dict]:
+    """GET /sw.js, and the values it was written with (templates/sw.js's first constants)."""
+    response = create_app({"TESTING": True, "LOAD_MODEL": False, **(config or {})}).test_client().get("/sw.js")
+    values = dict(re.findall(r"^const (VERSION|FILES|MANIFEST) = (.*);", response.get_data(as_text=True), re.MULTILINE))
+    return response, {name: json.loads(value) for name, value in values.items()}
+
+
+def test_the_service_worker_keeps_the_page_and_every_static_file(client, page):
+    response, values = service_worker()
+    assert response.status_code == 200 and "javascript" in response.mimetype
+    assert response.headers["Cache-Control"] == "no-cache"  # a new one is seen on the next visit
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    files = values["FILES"]
+    assert files[0] == "/" and set(fetch_everything_the_page_loads(client, page)) <= set(files)
+    assert {"/static/vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm", "/static/vendor/tiff/tiff.min.mjs"} <= set(files)
+    assert all(client.get(url).status_code == 200 for url in files[1:])
+    assert values["MANIFEST"] == "/model.onnx.json"
+
+
+def test_another_page_makes_another_service_worker():
+    _, plain = service_worker()
+    assert service_worker()[1]["VERSION"] == plain["VERSION"]  # the same page and files: the same script
+    _, other = service_worker({"API_BASE": "https://api.example"})
+    assert other["VERSION"] != plain["VERSION"]
+    _, without_device = service_worker({"DEVICE_MODEL_PATH": ""})
+    assert without_device["MANIFEST"] == "" and without_device["VERSION"] != plain["VERSION"]
+
+
+def test_the_page_is_an_app_with_a_manifest(client, page):
+    link = next(attrs for tag, attrs in page.elements if tag == "link" and attrs.get("rel") == "manifest")
+    manifest = client.get(link["href"]).get_json()
+    assert (manifest["start_url"], manifest["scope"], manifest["display"]) == ("/", "/", "standalone")
+    assert manifest["name"] and manifest["short_name"] and manifest["theme_color"]
+    for icon in manifest["icons"]:
+        image = client.get(urljoin(link["href"], icon["src"]))
+        assert image.status_code == 200 and image.mimetype == icon["type"] == "image/png"
+        width, height = struct.unpack(">II", image.data[16:24])
+        assert icon["sizes"] == f"{width}x{height}"
+    assert {icon["sizes"] for icon in manifest["icons"]} == {"192x192", "512x512"}

@@ -56,7 +56,9 @@ CONNECT_TIMEOUT_S = 3
 metadata = MetaData()
 
 # One row per answered image. Times are UTC. `item` is the image's place in a batch (0 for
-# POST /predict). The feedback columns hold the latest answer a user gave for it.
+# POST /predict). The feedback columns hold the latest answer a user gave for it. `source`
+# says which path answered: the server, or a browser's own copy of the model ("device",
+# reported by POST /device-predictions under the id the browser gave it).
 predictions = Table(
     "predictions",
     metadata,
@@ -72,6 +74,7 @@ predictions = Table(
     Column("feedback_label", String(200), nullable=True),
     Column("feedback_at", DateTime, nullable=True),
     Column("feedback_count", Integer, nullable=False, default=0),
+    Column("source", String(16), nullable=False, server_default="server"),
     # A candidate's answer that the client never saw (CANDIDATE_MODE=shadow), beside the answer.
     Column("shadow", Boolean, nullable=False, default=False, server_default=false()),
     Column("latency_ms", Float, nullable=True),  # the model's time for this image
@@ -89,7 +92,6 @@ schema_version = Table(
     Column("version", Integer, primary_key=True),
     Column("applied_at", DateTime, nullable=False),
 )
-
 
 
 def _shadow_answers(connection: Connection) -> None:
@@ -115,11 +117,15 @@ def _shadow_answers(connection: Connection) -> None:
         connection.execute(text(index))
 
 
-# Steps from one version to the next, applied in order at start; version 1 is what
-# `metadata.create_all` makes. A new column is a new entry here, e.g.
-# 2: lambda connection: connection.execute(text("ALTER TABLE predictions ADD COLUMN ...")).
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {3: _shadow_answers}
-SCHEMA_VERSION = max(MIGRATIONS, default=1)
+# Steps from one version to the next, applied in order at start to a database made by an
+# older release; `metadata.create_all` makes a new one at the latest version. A new column is
+# a new entry here, and in the table above.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    2: lambda connection: connection.execute(
+        text("ALTER TABLE predictions ADD COLUMN source VARCHAR(16) NOT NULL DEFAULT 'server'")),
+    3: _shadow_answers,
+}
+SCHEMA_VERSION = max(MIGRATIONS)
 # Two gunicorn workers start together; on PostgreSQL this lock lets one set up the schema.
 _PG_SCHEMA_LOCK = 0x6D6F6E69  # "moni"
 

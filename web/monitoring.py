@@ -1,4 +1,5 @@
-"""Watching the served model: POST /feedback, GET /monitoring, their figures in /metrics, and
+"""Watching the served model: POST /feedback, POST /device-predictions (the answers browsers
+made with their own copy of the model), GET /monitoring, their figures in /metrics, and
 ``flask --app app export-feedback DIR``.
 
 The figures come from the monitoring database (web/db.py), which every gunicorn worker
@@ -13,7 +14,7 @@ import logging
 import math
 import re
 import time
-from datetime import timedelta
+from datetime import timedelta, timezone
 from pathlib import Path
 
 import click
@@ -22,8 +23,8 @@ from flask.cli import with_appcontext
 from marshmallow import fields, validate
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import and_, case, exists, func, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import and_, case, exists, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from classifier.drift import REFERENCE_KEY, drift_score, reference_distribution
 from classifier.errors import InvalidParameter
@@ -42,11 +43,15 @@ log = logging.getLogger(__name__)
 monitoring = Blueprint("monitoring", __name__, description="Watch the served model: feedback and figures")
 
 MAX_ITEM = 10_000
+MAX_DEVICE_PREDICTIONS = 100  # in one request: a browser sends what it kept offline in batches
+SOURCES = ("server", "device")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ID_MESSAGE = ("'request_id' must be the X-Request-ID header of the answer "
                "(1 to 128 of: letters, digits, ._:+/=-).")
 _LABEL_MESSAGE = "'label' must be the right class, as a string."
 _ITEM_MESSAGE = f"'item' must be the image's place in its batch, from 0 to {MAX_ITEM}."
+_COUNT = {"required": True, "validate": validate.Range(min=0)}
+_SHARE = {"required": True, "allow_none": True, "validate": validate.Range(0, 1)}
 
 
 class FeedbackRequest(Schema):
@@ -75,15 +80,36 @@ class Feedback(Schema):
                              metadata={"description": "The earlier answer this one replaced."})
 
 
+_DEVICE_ID = validate.Regexp(rf"(?:{REQUEST_ID_PATTERN.pattern})\Z",
+                            error="'id' must be 1 to 128 of: letters, digits, ._:+/=- (a UUID will do).")
+
+
+class DevicePrediction(Schema):
+    id = fields.String(required=True, validate=_DEVICE_ID, metadata={
+        "pattern": f"^{REQUEST_ID_PATTERN.pattern}$",
+        "description": "The browser's own id for the answer; feedback names it as its request_id."})
+    label = fields.String(required=True, validate=validate.Length(1, 200))
+    score = fields.Float(required=True, validate=validate.Range(0, 1))
+    model_name = fields.String(required=True, validate=validate.Length(1, 200))
+    model_version = fields.String(required=True, validate=validate.Length(1, 100))
+    created_at = fields.AwareDateTime(required=True, default_timezone=timezone.utc)
+
+
+class DevicePredictions(Schema):
+    predictions = fields.List(fields.Nested(DevicePrediction), required=True,
+                              validate=validate.Length(1, MAX_DEVICE_PREDICTIONS))
+
+
+class DeviceRecorded(Schema):
+    recorded = fields.Integer(**_COUNT)
+    already_recorded = fields.Integer(**_COUNT)  # sent before: an id is recorded once
+
+
 class WindowQuery(Schema):
     window = fields.String(metadata={
         "description": "How far back to look: a whole number and s, m, h or d (at most "
                        f"{MAX_DURATION_S // 86400}d); empty means the default.",
         "pattern": f"^{DURATION_PATTERN.pattern}$", "default": Setting("MONITORING_WINDOW")})
-
-
-_COUNT = {"required": True, "validate": validate.Range(min=0)}
-_SHARE = {"required": True, "allow_none": True, "validate": validate.Range(0, 1)}
 
 
 class ModelName(Schema):
@@ -127,8 +153,17 @@ class Latency(Schema):
     p95 = fields.Float(required=True, allow_none=True, validate=validate.Range(min=0))
 
 
+class SourceFigures(Schema):
+    predictions = fields.Integer(**_COUNT)
+    feedback = fields.Integer(**_COUNT)
+    correct = fields.Integer(**_COUNT)
+
+
 class Figures(Schema):
     predictions = fields.Nested(Predictions, required=True)
+    by_source = fields.Dict(keys=fields.String(validate=validate.OneOf(SOURCES)), required=True,
+                            values=fields.Nested(SourceFigures),
+                            metadata={"description": "Answered by the server, or in browsers (device)."})
     feedback = fields.Nested(FeedbackFigures, required=True)
     low_confidence = fields.Nested(LowConfidence, required=True)
     latency_ms = fields.Nested(Latency, required=True, metadata={"description": "The model's time per image"})
@@ -238,6 +273,53 @@ def give_feedback(connection, request_id: str, item: int, label: str) -> dict | 
     }
 
 
+@monitoring.post("/device-predictions")
+@api_key_required
+@monitoring.arguments(DevicePredictions)
+@monitoring.response(200, DeviceRecorded, description="Recorded.")
+@monitoring.errors("invalid_parameter", "unauthorized", "database_unavailable")
+def device_predictions(body: dict):
+    """Record answers a browser made with its own copy of the model
+
+    The page sends them with its user's consent, when the network allows: label, score,
+    model and time, never the image. Each has an id the browser made; an id already
+    recorded is not recorded again, so a browser may send the same answers twice.
+    """
+    return jsonify(record_device_predictions(body["predictions"]))
+
+
+def record_device_predictions(predictions: list[dict]) -> dict:
+    """Store browsers' answers beside the server's (source "device"); how many were new."""
+    now = db.utcnow()
+    rows = {p["id"]: {  # an id given twice in one request counts once
+        "request_id": p["id"], "item": 0, "source": "device", "label": p["label"], "score": p["score"],
+        "top": [[p["label"], p["score"]]], "model_name": p["model_name"], "model_version": p["model_version"],
+        # A browser's clock may run ahead of the server's: never a time after now.
+        "created_at": min(p["created_at"].astimezone(timezone.utc).replace(tzinfo=None), now),
+    } for p in predictions}
+    try:
+        try:
+            recorded = db.run(lambda connection: insert_new(connection, list(rows.values())))
+        except IntegrityError:  # another request recorded some of the same ids meanwhile
+            recorded = db.run(lambda connection: insert_new(connection, list(rows.values())))
+    except SQLAlchemyError as error:
+        log.error("device predictions not recorded: %s", db.error_reason(error))
+        raise ApiError("database_unavailable") from None
+    return {"recorded": recorded, "already_recorded": len(predictions) - recorded}
+
+
+def insert_new(connection, rows: list[dict]) -> int:
+    """Insert the rows whose request id is not recorded yet; how many that was."""
+    table = db.predictions
+    ids = [row["request_id"] for row in rows]
+    known = set(connection.execute(
+        select(table.c.request_id).where(table.c.request_id.in_(ids), table.c.item == 0)).scalars())
+    new = [row for row in rows if row["request_id"] not in known]
+    if new:
+        connection.execute(insert(table), new)
+    return len(new)
+
+
 @monitoring.get("/monitoring")
 @monitoring.doc(parameters=[{"in": "query", "schema": WindowQuery}])
 @monitoring.response(200, Report, description="The figures.")
@@ -299,6 +381,7 @@ def model_figures(connection, where: list, threshold: float) -> dict:
     table = db.predictions
     rows = connection.execute(
         select(
+            table.c.source,
             table.c.label,
             func.count(),
             func.sum(case((table.c.score < threshold, 1), else_=0)),
@@ -307,11 +390,19 @@ def model_figures(connection, where: list, threshold: float) -> dict:
             func.count(table.c.latency_ms),
         )
         .where(*where)
-        .group_by(table.c.label)
+        .group_by(table.c.source, table.c.label)
     ).all()
-    total, low, answered, correct, timed = (sum(int(row[i] or 0) for row in rows) for i in range(1, 6))
+    by_label, by_source = {}, {source: {"predictions": 0, "feedback": 0, "correct": 0} for source in SOURCES}
+    for source, label, count, _, answers, right, _ in rows:
+        by_label[label] = by_label.get(label, 0) + int(count)
+        figures = by_source[source]
+        figures["predictions"] += int(count)
+        figures["feedback"] += int(answers or 0)
+        figures["correct"] += int(right or 0)
+    total, low, answered, correct, timed = (sum(int(row[i] or 0) for row in rows) for i in range(2, 7))
     return {
-        "predictions": {"total": total, "by_label": {label: int(count) for label, count, *_ in sorted(rows)}},
+        "predictions": {"total": total, "by_label": dict(sorted(by_label.items()))},
+        "by_source": by_source,
         "feedback": _accuracy(correct, answered),
         "low_confidence": {"threshold": threshold, "total": low, "share": low / total if total else None},
         "latency_ms": {key: _percentile(connection, where, timed, quantile)

@@ -1,4 +1,5 @@
-// Talking to the classification API: where it is, POST /predict, GET /model, POST /feedback.
+// Talking to the classification API: where it is, POST /predict, GET /model, POST /feedback,
+// POST /device-predictions.
 // Every failure becomes an ApiError with a code, so the page can say what happened in words.
 
 const REQUEST_TIMEOUT_MS = 60_000;
@@ -58,6 +59,21 @@ export function sendFeedback(base, requestId, label) {
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ request_id: requestId, label }),
   });
+}
+
+/** Report answers made on this device (web/monitoring.py); resolves to {recorded, already_recorded}. */
+export function sendDevicePredictions(base, predictions) {
+  return request(`${base}/device-predictions`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ predictions }),
+  });
+}
+
+/** Whether the server gave no answer (unreachable, too slow, down or restarting), as opposed
+ * to an answer about the image or the request. */
+export function serverDidNotAnswer(error) {
+  return error instanceof ApiError && (["network", "timeout"].includes(error.code) || error.status >= 500);
 }
 
 /** The model's metadata from GET /model: name, version, labels, ... */

@@ -1,6 +1,7 @@
 // "On this device": the same model, run in the browser with onnxruntime-web (WebAssembly).
 // Everything comes from the page's own origin: the manifest and model.onnx from the app
-// (web/device.py), onnxruntime-web from static/vendor/. Nothing is loaded until first use.
+// (web/device.py), onnxruntime-web from static/vendor/. The page loads them on first use; the
+// service worker keeps them for use with no network.
 
 import { decodeToRgb, toModelInput, INPUT_SIZE, UnreadableImage } from "./preprocess.js";
 
@@ -55,15 +56,23 @@ async function load(manifestUrl) {
   ort.env.wasm.numThreads = 1;
   ort.env.wasm.proxy = false;
   try {
-    const modelUrl = new URL(manifest.url, new URL(manifestUrl, location.href)).href;
-    const session = await ort.InferenceSession.create(modelUrl, { executionProviders: ["wasm"] });
+    const session = await ort.InferenceSession.create(modelFileUrl(manifestUrl, manifest), { executionProviders: ["wasm"] });
     return { ort, session, labels: manifest.labels, manifest };
   } catch (error) {
     throw new DeviceError("device_model_failed", String(error));
   }
 }
 
-async function fetchManifest(url) {
+/** The model file's URL, named by its hash: the service worker (templates/sw.js) keeps each
+ * hash's file, so a new model on the server is a new URL and an old one never answers. */
+function modelFileUrl(manifestUrl, manifest) {
+  const url = new URL(manifest.url, new URL(manifestUrl, location.href));
+  url.searchParams.set("sha256", manifest.sha256);
+  return url.href;
+}
+
+/** The manifest: labels, hash, URL, the model's name and version (the kept one with no network). */
+export async function fetchManifest(url) {
   let response;
   try {
     response = await fetch(url, { credentials: "omit" });
@@ -74,14 +83,14 @@ async function fetchManifest(url) {
   if (!response.ok) {
     throw new DeviceError(body?.error?.code === "device_model_unavailable" ? "device_model_unavailable" : "device_model_failed");
   }
-  if (!body || !Array.isArray(body.labels) || !body.labels.length || !body.url) throw new DeviceError("device_model_failed");
+  if (!body || !Array.isArray(body.labels) || !body.labels.length || !body.url || !body.sha256) throw new DeviceError("device_model_failed");
   return body;
 }
 
-/** Classify one file in the browser; resolves to {label, score, top, elapsedMs}, like the API. */
+/** Classify one file in the browser; resolves to {label, score, top, elapsedMs, model}. */
 export async function classifyOnDevice(file) {
   if (!loaded) throw new DeviceError("device_model_failed");
-  const { ort, session, labels } = loaded;
+  const { ort, session, labels, manifest } = loaded;
   const started = performance.now();
   let image;
   try {
@@ -94,7 +103,8 @@ export async function classifyOnDevice(file) {
   const outputs = await session.run({ [session.inputNames[0]]: input });
   const logits = outputs[session.outputNames[0]].data;
   const top = topClasses(softmax(logits), labels, Math.min(TOP_K, labels.length));
-  return { label: top[0].label, score: top[0].score, top, elapsedMs: performance.now() - started };
+  const model = { name: manifest.name, version: manifest.version };
+  return { label: top[0].label, score: top[0].score, top, elapsedMs: performance.now() - started, model };
 }
 
 export function softmax(logits) {

@@ -1,9 +1,11 @@
-// "Wrong? Choose the right class": under each answer from the server, the person can name the
-// right class; it is sent to POST /feedback with the answer's request id, and the page says
-// it was recorded. Answers made on this device never reached the server, so they have none.
+// "Wrong? Choose the right class": under each answer, the person can name the right class. For
+// an answer from the server it is sent to POST /feedback with the answer's request id; for one
+// made on this device, only while sharing is on (outbox.js), under the id the answer was shared
+// with. Without a server to take it, it waits in this browser (when sharing is on).
 
-import { ApiError, sendFeedback } from "./api.js";
+import { ApiError, sendFeedback, serverDidNotAnswer } from "./api.js";
 import { describeError, displayLabel } from "./messages.js";
+import { keepCorrection, sendWaiting, sharing } from "./outbox.js";
 
 const $ = (id) => document.getElementById(id);
 // The errors only feedback meets; the rest are the classifier's (messages.js).
@@ -32,11 +34,15 @@ export function setFeedbackLabels(labels) {
   if (shown) showFeedback(shown);
 }
 
+/** The id the server knows an answer by: its request id, or the id it was shared with. */
+function answerId(entry) {
+  return entry.path === "server" ? entry.result.requestId : entry.result.shareId;
+}
+
 /** Show the form for an entry, or hide it where there is nothing to correct. */
 export function showFeedback(entry) {
   const form = $("feedback");
-  const offered = entry.state === "done" && entry.path === "server" && Boolean(entry.result.requestId)
-    && $("feedback-label").options.length > 1;
+  const offered = entry.state === "done" && Boolean(answerId(entry)) && $("feedback-label").options.length > 1;
   form.hidden = !offered;
   if (shown !== entry) $("feedback-label").value = entry.feedback?.label ?? "";
   shown = entry;
@@ -54,13 +60,35 @@ async function submit(entry) {
     return;
   }
   note(`Sending: ${entry.name} is ${displayLabel(label)}…`);
+  if (entry.path === "device") {
+    // Shared (the form is offered for it only then): it follows its answer through the outbox.
+    entry.feedback = { label, note: await keep(entry, label) };
+    note(entry.feedback.note);
+    return;
+  }
   try {
-    const answer = await sendFeedback(settings.apiBase, entry.result.requestId, label);
+    const answer = await sendFeedback(settings.apiBase, answerId(entry), label);
     entry.feedback = { label, note: recordedText(entry, label, answer) };
     note(entry.feedback.note);
   } catch (error) {
     const known = error instanceof ApiError ? error : new ApiError("unknown");
-    note(`Not recorded: ${SENTENCES[known.code] ?? describeError(known, settings.context)}`);
+    if (sharing() && serverDidNotAnswer(known)) {
+      entry.feedback = { label, note: await keep(entry, label) };
+      note(entry.feedback.note);
+    } else {
+      note(`Not recorded: ${SENTENCES[known.code] ?? describeError(known, settings.context)}`);
+    }
+  }
+}
+
+/** Keep the correction to send, and send it now if the server answers. */
+async function keep(entry, label) {
+  await keepCorrection({ request_id: answerId(entry), label });
+  try {
+    await sendWaiting(settings.apiBase);
+    return recordedText(entry, label, {});
+  } catch {
+    return `Kept in this browser: ${entry.name} is ${displayLabel(label)}. It will be sent when the server can be reached.`;
   }
 }
 

@@ -4,7 +4,8 @@
 
 export const FORMATS = "JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC";
 
-const SERVER_INSTEAD = `Switch off "On this device" to classify on the server.`;
+// The device's sentences are shown when the server could not answer either (main.js).
+const NO_SERVER = "and the server could not be reached";
 
 const SENTENCES = {
   payload_too_large: ({ maxUploadBytes }) =>
@@ -38,14 +39,12 @@ const SENTENCES = {
   bad_api_base: (_, error) => `The API address "${error.serverMessage}" is not a web address (http:// or https://).`,
   // "On this device": the model in the browser.
   device_unsupported: () =>
-    `This browser cannot run the model itself (it lacks WebAssembly or OffscreenCanvas). ${SERVER_INSTEAD}`,
-  device_model_unavailable: () => `This server does not offer its model to run on this device at the moment. ${SERVER_INSTEAD}`,
+    `This browser cannot run the model itself (it lacks WebAssembly or OffscreenCanvas), ${NO_SERVER}. Try again when it can.`,
   device_model_failed: () =>
-    `The model could not be loaded into this browser. Check the connection and try again, or classify on the server: switch off "On this device".`,
-  device_runtime_failed: () =>
-    `The model could not be started in this browser. ${SERVER_INSTEAD}`,
+    `The model could not be loaded into this browser, ${NO_SERVER}. Check the connection and try again.`,
+  device_runtime_failed: () => `The model could not be started in this browser, ${NO_SERVER}. Try again when it can.`,
   device_unreadable: () =>
-    `This browser cannot read this image (TIFF and HEIC often need the server). ${SERVER_INSTEAD}`,
+    `This browser cannot read this image (some TIFF forms, HEIC), ${NO_SERVER} to classify it. Try again when it can.`,
 };
 
 /** One sentence a person can act on, for an ApiError; never the server's raw text or a trace. */

@@ -1,5 +1,5 @@
 // Drawing one history entry: its result panel (bars, status, error) and its history row.
-// An entry is {id, name, previewUrl, path: "server"|"device",
+// An entry is {id, name, previewUrl, path: "server"|"device", fallback (why the other path failed),
 //   state: "waiting"|"loading"|"pending"|"done"|"error", result, errorText, at}.
 
 import { displayLabel, formatDuration, formatPercent } from "./messages.js";
@@ -11,7 +11,7 @@ export function showEntry(entry) {
   showPreview(entry);
   $("error").textContent = entry.state === "error" ? entry.errorText : "";
   $("status").textContent = statusText(entry);
-  $("timing").textContent = entry.state === "done" ? `Answered ${pathPhrase(entry.path)} in ${formatDuration(entry.result.elapsedMs)}` : "";
+  $("timing").textContent = entry.state === "done" ? answeredText(entry) : "";
   document.querySelector(".result-panel").setAttribute("aria-busy", String(isBusy(entry)));
   renderScores(entry.state === "done" ? entry.result.top : []);
 }
@@ -25,6 +25,13 @@ export function showNothing() {
 
 function isBusy(entry) {
   return entry.state === "pending" || entry.state === "waiting" || entry.state === "loading";
+}
+
+/** Which path and model answered, how fast, and why that path if the other failed. */
+function answeredText(entry) {
+  const { elapsedMs, model } = entry.result;
+  const why = entry.fallback ? (entry.path === "device" ? " (the server did not answer)" : " (this browser could not classify it)") : "";
+  return `Answered ${pathPhrase(entry.path)} in ${formatDuration(elapsedMs)}${why}${model ? ` · model ${model.name} ${model.version}` : ""}`;
 }
 
 /** Which path answered, in words: the server, or this browser. */
@@ -103,7 +110,6 @@ export function historyItem(entry, onSelect) {
   const title = element("span", { className: "history-title" });
   const meta = element("span", { className: "history-meta" });
   text.append(title, meta);
-  button.dataset.path = entry.path;
   button.append(thumb, text);
   button.addEventListener("click", () => onSelect(entry));
   updateHistoryItem(button, entry);
@@ -117,6 +123,7 @@ export function updateHistoryItem(button, entry) {
   const meta = button.querySelector(".history-meta");
   const time = entry.at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
   button.classList.toggle("failed", entry.state === "error");
+  button.dataset.path = entry.path;
   const badge = element("span", { className: "path-badge", textContent: pathName(entry.path) });
   if (entry.state === "done") {
     title.replaceChildren(`${displayLabel(entry.result.label)} · ${formatPercent(entry.result.score)}`, badge);
