@@ -207,9 +207,16 @@ def test_a_tiff_is_previewed_and_classified_alike_on_both_paths(open_page, serve
     expect(page.locator("#preview-note")).to_be_hidden()
     switch(page).check()
     on_device = classify(page, dataset_tiff, "on this device")
-    assert on_device[0][0] == on_server[0][0]
+    manifest, [form_scores] = form_answers(server, [dataset_tiff])
+    # The rule of the JPEG parity test above: the form's own answers, the server's best class
+    # unless the server is torn between two, and the server's scores with the float32 form.
     server_scores = dict(on_server)
-    assert max(abs(server_scores[label] - score) for label, score in on_device if label in server_scores) < PARITY_TOLERANCE
+    difference = max(abs(server_scores[label] - score) for label, score in on_device if label in server_scores)
+    if len(on_server) == 1 or on_server[0][1] - on_server[1][1] > 2 * difference:
+        assert on_device[0][0] == on_server[0][0]
+    assert max(abs(form_scores[label] - score) for label, score in on_device) < PARITY_TOLERANCE
+    if manifest["form"] == "fp32":
+        assert difference < PARITY_TOLERANCE
 
 
 def test_a_first_visit_keeps_the_page_and_the_model_for_offline_use(browser, server, server_log):

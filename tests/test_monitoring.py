@@ -383,22 +383,6 @@ def test_device_answers_need_the_api_key_like_feedback(make_app):
     assert client.post("/device-predictions", headers={"X-API-Key": KEY}, json=body).status_code == 200
 
 
-def test_a_database_of_schema_version_1_gets_the_source_column(make_app):
-    before = make_app()
-    request_id, _ = predict(before.test_client(), RED)
-    records.flush(before)
-    with db.get_database(before).engine.begin() as connection:  # as the release before left it
-        connection.execute(text("ALTER TABLE predictions DROP COLUMN source"))
-        connection.execute(db.schema_version.delete())
-        connection.execute(db.schema_version.insert().values(version=1, applied_at=db.utcnow()))
-    db.get_database(before).engine.dispose()
-
-    after = make_app()
-    with db.get_database(after).engine.begin() as connection:
-        assert connection.execute(select(db.schema_version.c.version)).scalars().all() == [1, 2]
-    assert [(row.request_id, row.source) for row in rows(after)] == [(request_id, "server")]
-
-
 # --- GET /monitoring ---------------------------------------------------------------------
 
 

@@ -415,7 +415,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(request, dialect, t
     engine = create_engine(db.database_url({"DATABASE_URL": url}, str(tmp_path)))
     old = MetaData()  # the predictions table as version 1 made it
     predictions = Table("predictions", old, *(column._copy() for column in db.predictions.columns
-                                              if column.name not in ("shadow", "latency_ms")),
+                                              if column.name not in ("source", "shadow", "latency_ms")),
                         UniqueConstraint("request_id", "item", name="predictions_request_item"),
                         Index("predictions_created_at", "created_at"))
     Table("monitoring_schema", old, *(column._copy() for column in db.schema_version.columns))
@@ -429,9 +429,10 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(request, dialect, t
 
     app = make_app(DATABASE_URL=url)
     with db.get_database(app).engine.begin() as connection:
-        assert max(connection.execute(select(db.schema_version.c.version)).scalars()) == db.SCHEMA_VERSION
+        assert connection.execute(select(db.schema_version.c.version)).scalars().all() == [1, 2, 3]
         kept = connection.execute(select(db.predictions)).one()
-        assert (kept.request_id, kept.label, kept.shadow, kept.latency_ms) == ("before", "red", False, None)
+        assert (kept.request_id, kept.label, kept.source, kept.shadow, kept.latency_ms) == (
+            "before", "red", "server", False, None)
         connection.execute(insert(db.predictions), [{**row, "model_version": "0.1.0", "shadow": True}])
     with pytest.raises(IntegrityError), db.get_database(app).engine.begin() as connection:
         connection.execute(insert(db.predictions), [row])  # a reused request id is still one
