@@ -16,6 +16,7 @@ from web.api import MODEL_VERSION_HEADER, InMemoryUploadRequest, api
 from web.cli import register_commands
 from web.device import device
 from web.errors import register_error_handlers
+from web.inference_protocol import inference_protocol
 from web.pages import pages
 from web.settings import BY_NAME, MEGABYTE, read_runtime, read_settings
 
@@ -42,6 +43,6 @@ def create_app(config: dict | None = None) -> Flask:
     register_commands(app)
     served_model.init_app(app)
     # The routes, after the model: the OpenAPI document lists its classes (web/api_spec.py).
-    api_spec.init_app(app, [api, pages, device, monitoring.monitoring, telemetry.metrics])
+    api_spec.init_app(app, [api, inference_protocol, pages, device, monitoring.monitoring, telemetry.metrics])
     register_error_handlers(app)  # after flask-smorest's, which it replaces
     return app

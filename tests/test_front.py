@@ -245,10 +245,11 @@ def cheap_predictions(url: str, source: str, forwarded_for, count: int) -> list[
 @pytest.mark.parametrize("path, body, source", [
     ("/feedback", {"request_id": "no-such-request", "label": "no-such-class"}, "127.3.0.4"),
     ("/device-predictions", {"predictions": []}, "127.3.0.5"),
+    ("/v2/models/any/versions/1/infer", {"inputs": []}, "127.3.0.6"),
 ])
 def test_feedback_shares_the_prediction_routes_limit(server, images, path, body, source):
-    """POST /feedback and /device-predictions write to the database: a flood of either is refused
-    like one of predictions."""
+    """POST /feedback and /device-predictions write to the database, and the Open Inference
+    Protocol's infer is a prediction: a flood of any is refused like one of predictions."""
     url, body, json_type = server[0], json.dumps(body).encode(), {"Content-Type": "application/json"}
     statuses = [request(url, "POST", path, source, body, json_type)[0] for _ in range(60)]
     # A body the app refuses: 400 from the app at once while within the limit, then 429 from the front.

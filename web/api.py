@@ -213,17 +213,22 @@ def model_info():
     return jsonify(get_classifier().describe())
 
 
-def classify(uploads: list[bytes], top: str | None, one: bool = False) -> list[Prediction | InputError]:
+def classify(uploads: list, top: str | None, one: bool = False, models=None) -> list[Prediction | InputError]:
     """Classify ``uploads`` with the model that answers this request and record the predictions.
 
     That is the served model, or the candidate on its share in canary mode; in shadow mode the
-    candidate classifies its share too once the answer is sent (``models_for_request``). The
-    answer names its model (X-Model-Version). An image that cannot be classified gets its
+    candidate classifies its share too once the answer is sent (``models_for_request``, unless
+    the caller chose ``models``, the answering one and the shadow). The answer names its model
+    (X-Model-Version). An upload is an image file's bytes, or a picture already of the model's
+    input (web/inference_protocol.py's pixels). An image that cannot be classified gets its
     error in its place, or, with ``one``, raises it.
     """
-    classifier, shadow = models_for_request()
+    classifier, shadow = models or models_for_request()
     top_k = classifier.parse_top_k(top)
-    images = [classifier.prepare(upload) for upload in uploads] if one else classifier.prepare_many(uploads)
+    if one:
+        images = [classifier.prepare(item) if isinstance(item, bytes) else item for item in uploads]
+    else:
+        images = classifier.prepare_many(uploads)
     started = time.perf_counter()
     results = classifier.classify_prepared(images, top_k=top_k)
     record_predictions(classifier, images, results, time.perf_counter() - started)

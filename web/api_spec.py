@@ -22,7 +22,7 @@ from webargs.flaskparser import FlaskParser
 from classifier.errors import InvalidParameter
 from classifier.pipeline import DEFAULT_TOP_K
 
-from .errors import ERRORS, message
+from .errors import ERRORS, OPEN_INFERENCE_PREFIX, message
 from .served_model import CANDIDATE_KEY, EXTENSION_KEY
 
 TITLE = "Image classification API"
@@ -72,6 +72,12 @@ class Error(Schema):
     error = fields.Nested(ErrorDetail, required=True)
 
 
+class ProtocolError(Schema):
+    """The Open Inference Protocol's error, under /v2/ (web/inference_protocol.py)."""
+
+    error = fields.String(required=True)
+
+
 class Parser(FlaskParser):
     """webargs's parser, whose refusals are the API's own 400 ``invalid_parameter``."""
 
@@ -112,13 +118,15 @@ class ThisServer(BasePlugin):
 
     def init_spec(self, spec) -> None:
         spec.components.schema("Error", schema=Error)
+        spec.components.schema("ProtocolError", schema=ProtocolError)
         for name, scheme in SECURITY_SCHEMES.items():
             spec.components.security_scheme(name, scheme)
 
     def operation_helper(self, path=None, operations=None, **kwargs) -> None:
         for operation in operations.values():
             codes = operation.pop("x-errors", [])
-            operation.setdefault("responses", {}).update(error_responses(codes, self.app.config))
+            schema = "ProtocolError" if path.startswith(OPEN_INFERENCE_PREFIX) else "Error"
+            operation.setdefault("responses", {}).update(error_responses(codes, self.app.config, schema))
             if "unauthorized" in codes and self.app.config.get("API_KEY"):
                 operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
 
@@ -135,12 +143,12 @@ class ThisServer(BasePlugin):
         return values
 
 
-def error_responses(codes, settings) -> dict:
+def error_responses(codes, settings, schema: str = "Error") -> dict:
     """One response per status for ``codes``: each code with its message, with this app's limits."""
     responses = {}
     for code in codes:
         response = responses.setdefault(str(ERRORS[code].status), {
-            "description": "", "content": {"application/json": {"schema": "Error"}}})
+            "description": "", "content": {"application/json": {"schema": schema}}})
         response["description"] += f"- `{code}`: {message(code, settings)}\n"
         if code in ERROR_HEADERS:
             response["headers"] = ERROR_HEADERS[code]

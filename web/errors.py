@@ -19,6 +19,10 @@ from typing import Mapping, NamedTuple
 log = logging.getLogger(__name__)
 
 
+# Under this path, errors take the Open Inference Protocol's shape, {"error": "<message>"}.
+OPEN_INFERENCE_PREFIX = "/v2/"
+
+
 class Error(NamedTuple):
     status: int
     message: str  # what to do, for people; a raise may give a more precise one
@@ -39,6 +43,7 @@ ERRORS: dict[str, Error] = {
     "not_found": Error(404, "No such route or file. GET /openapi.json lists the routes of this API."),
     "unknown_request_id": Error(404, "No recorded prediction has that request id."),
     "device_model_unavailable": Error(404, "This server offers no copy of its model to browsers."),
+    "unknown_model": Error(404, "This server serves no model of that name or version. GET /health names the served model."),
     "method_not_allowed": Error(405, "This route does not accept that method."),
     "request_timeout": Error(408, "The request stopped arriving: nothing came for {CLIENT_TIMEOUT} s. "
                                   "Send the whole body without pausing."),
@@ -110,7 +115,9 @@ def register_error_handlers(app) -> None:
     from .served_model import ModelNotReady
 
     def answer(code: str, text: str, headers: Mapping[str, str] | None = None, status: int | None = None):
-        return error_body(code, text), status or ERRORS[code].status, dict(headers or {})
+        # The Open Inference Protocol's clients read its own shape (web/inference_protocol.py).
+        body = {"error": text} if request.path.startswith(OPEN_INFERENCE_PREFIX) else error_body(code, text)
+        return body, status or ERRORS[code].status, dict(headers or {})
 
     @app.errorhandler(ApiError)
     @app.errorhandler(InputError)
