@@ -84,3 +84,14 @@ def test_no_server_process_is_left_running(bench_run):
     for name, server in results["servers"].items():
         assert server["pids"], name
         assert not [pid for pid in server["pids"] if psutil.pid_exists(pid)], name
+
+
+def test_the_inference_protocols_benchmark_runs_every_contender(tmp_path, data_dir):
+    output = tmp_path / "oip.md"
+    command = [sys.executable, "-m", "bench.inference_protocol", "--rounds", "1", "--requests", "2",
+               "--data", str(data_dir / "ucmerced"), "--output", str(output)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line for line in output.read_text().splitlines() if line.startswith(("| /predict", "| OIP"))]
+    assert [row.split(" | ")[0] for row in rows] == ["| /predict, raw bytes", "| /predict, multipart",
+                                                     "| OIP infer, binary", "| OIP infer, JSON"]
