@@ -1,6 +1,6 @@
 """What the Open Inference Protocol costs beside /predict: the same images, the same server.
 
-    flock /tmp/cpu.lock python -m bench.inference_protocol     # a few minutes; writes bench/inference-protocol-results.md
+    flock /tmp/cpu.lock python -m bench.inference_protocol   # minutes; bench/inference-protocol-results.md
     python -m bench.inference_protocol --rounds 1 --requests 8 --output /tmp/oip.md   # a quick run
 
 One Procfile server (nginx, gunicorn, 2 workers, as deployed, default engine) serves the
@@ -53,19 +53,23 @@ def contenders(model: str, images: list[bytes]) -> dict[str, list[tuple[str, byt
         form, form_type = form_body([("upload", image)])
         requests["/predict, multipart"].append(("/predict", form, {"Content-Type": form_type}))
         tensor = struct.pack("<I", len(image)) + image
+        best_five = {"name": "probabilities", "parameters": {"classification": 5}}
         head = json.dumps({"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
                                        "parameters": {"binary_data_size": len(tensor)}}],
-                           "outputs": [{"name": "probabilities", "parameters": {"classification": 5,
-                                                                                "binary_data": True}}]}).encode()
-        requests["OIP infer, binary"].append((infer, head + tensor, {"Inference-Header-Content-Length": str(len(head))}))
-        body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(image).decode()]}],
-                "outputs": [{"name": "probabilities", "parameters": {"classification": 5}}]}
-        requests["OIP infer, JSON"].append((infer, json.dumps(body).encode(), {"Content-Type": "application/json"}))
+                           "outputs": [best_five], "parameters": {"binary_data_output": True}}).encode()
+        binary_header = {"Inference-Header-Content-Length": str(len(head))}
+        requests["OIP infer, binary"].append((infer, head + tensor, binary_header))
+        body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                            "data": [base64.b64encode(image).decode()]}], "outputs": [best_five]}
+        json_type = {"Content-Type": "application/json"}
+        requests["OIP infer, JSON"].append((infer, json.dumps(body).encode(), json_type))
     return requests
 
 
-def timed_round(url: str, requests: list[tuple[str, bytes, dict]], count: int, clients: int) -> tuple[float, list[float]]:
-    """Requests/s and every latency (ms) of ``count`` requests by ``clients`` threads; RuntimeError unless all are 200."""
+def timed_round(url: str, requests: list[tuple[str, bytes, dict]], count: int,
+                clients: int) -> tuple[float, list[float]]:
+    """Requests/s and every latency (ms) of ``count`` requests by ``clients`` threads;
+    RuntimeError unless all are 200."""
     load = Load(lambda _thread, index: ("request", *send(url, "POST", *requests[index % len(requests)])),
                 threads=clients, total=count)
     started = time.perf_counter()
@@ -74,7 +78,8 @@ def timed_round(url: str, requests: list[tuple[str, bytes, dict]], count: int, c
     seconds = time.perf_counter() - started
     failed = [outcome for outcome in load.outcomes if outcome.status != 200]
     if failed:
-        raise RuntimeError(f"{len(failed)} requests failed, e.g. {failed[0].status} {failed[0].error or failed[0].body}")
+        first = failed[0]
+        raise RuntimeError(f"{len(failed)} requests failed, e.g. {first.status} {first.error or first.body}")
     return count / seconds, [(outcome.finished - outcome.started) * 1000 for outcome in load.outcomes]
 
 
@@ -89,7 +94,8 @@ def markdown(throughputs, latencies, args, load_before: str, load_after: str) ->
         f"- **Machine**: {machine_description()}; load average (1/5/15 min) {load_before} before, "
         f"{load_after} after (a shared machine)",
         "- **Server**: the Procfile's (nginx, gunicorn, 2 workers), default engine, the shipped `model.zip`.",
-        f"- **Load**: {args.requests} data-set JPEGs (256×256) per round, contender and concurrency, one per "
+        f"- **Load**: {args.requests} data-set JPEGs (256×256) per round, contender and concurrency, "
+        "one per "
         f"request, in a closed loop; {args.rounds} rounds, the contenders in a new random order each. "
         "The OIP requests ask for the 5 best classes (the classification extension), as /predict answers.",
         f"- **Ratio**: in each round, the contender's requests/s ÷ {BASELINE}'s in that round; the median "
@@ -103,8 +109,8 @@ def markdown(throughputs, latencies, args, load_before: str, load_after: str) ->
         for clients in levels:
             mine, base = throughputs[name][clients], throughputs[BASELINE][clients]
             p50, p95 = np.percentile(latencies[name][clients], [50, 95])
-            cells += [f"{statistics.median(mine):.1f}", f"**{statistics.median(a / b for a, b in zip(mine, base)):.3f}**",
-                      f"{p50:.1f} / {p95:.1f} ms"]
+            ratio = statistics.median(a / b for a, b in zip(mine, base))
+            cells += [f"{statistics.median(mine):.1f}", f"**{ratio:.3f}**", f"{p50:.1f} / {p95:.1f} ms"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -60,7 +60,8 @@ _INFER_BODY = {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
 }}
 _BINARY_PARAMETER = {"in": "header", "name": BINARY_HEADER, "required": False, "schema": {"type": "integer"},
-                     "description": "The binary tensor data extension: the length of the JSON that starts the body."}
+                     "description": "The binary tensor data extension: the length of the JSON that "
+                                    "starts the body."}
 
 
 @inference_protocol.get("")
@@ -90,7 +91,8 @@ def model_route(rule: str, method: str = "get"):
     """``/models/{name}<rule>`` and ``/models/{name}/versions/{version}<rule>`` for one view."""
     def register(view):
         for prefix in ("/models/<name>", "/models/<name>/versions/<version>"):
-            getattr(inference_protocol, method)(prefix + rule, endpoint=view.__name__ + prefix.count("/") * "_")(view)
+            endpoint = view.__name__ + prefix.count("/") * "_"
+            getattr(inference_protocol, method)(prefix + rule, endpoint=endpoint)(view)
         return view
     return register
 
@@ -102,7 +104,8 @@ def model_metadata(name: str, version: str | None = None):
     """The model's metadata: its versions, inputs and outputs"""
     classifier = named_model(name, version)
     return jsonify({"name": name, "versions": versions(), "platform": platform(classifier),
-                    "inputs": [tensor(IMAGE_INPUT, "BYTES", [-1]), tensor(PIXELS_INPUT, "FP32", [-1, *_PIXELS_SHAPE])],
+                    "inputs": [tensor(IMAGE_INPUT, "BYTES", [-1]),
+                               tensor(PIXELS_INPUT, "FP32", [-1, *_PIXELS_SHAPE])],
                     "outputs": [tensor(OUTPUT, "FP32", [-1, len(classifier.labels)])]})
 
 
@@ -122,7 +125,8 @@ def model_config(name: str, version: str | None = None):
     """Triton's model configuration, which perf_analyzer reads before it sends load"""
     classifier = named_model(name, version)
     return jsonify({
-        "name": name, "platform": platform(classifier), "max_batch_size": current_app.config["MAX_BATCH_FILES"],
+        "name": name, "platform": platform(classifier),
+        "max_batch_size": current_app.config["MAX_BATCH_FILES"],
         # With max_batch_size, dims leave out the batch: an image is one element.
         "input": [{"name": IMAGE_INPUT, "data_type": "TYPE_STRING", "dims": [1], "optional": True},
                   {"name": PIXELS_INPUT, "data_type": "TYPE_FP32", "dims": _PIXELS_SHAPE, "optional": True}],
@@ -152,11 +156,12 @@ def named_model(name: str, version: str | None):
     """The served model (or the candidate) of that name and version; 404 for another."""
     served = get_classifier()
     for classifier in (served, loaded_candidate()):
-        if classifier is not None and classifier.model.name == name and version in (None, classifier.model.version):
+        model = classifier.model if classifier is not None else None
+        if model is not None and model.name == name and version in (None, model.version):
             return classifier
-    raise ApiError("unknown_model", f"No model {name!r}{f' version {version!r}' if version else ''}: this "
-                                    f"server serves {served.model.name!r}, versions {versions()} (GET /v2/models/"
-                                    f"{served.model.name}).")
+    asked = f"{name!r} version {version!r}" if version else repr(name)
+    raise ApiError("unknown_model", f"No model {asked}: this server serves {served.model.name!r}, "
+                                    f"versions {versions()} (GET /v2/models/{served.model.name}).")
 
 
 def versions() -> list[str]:
@@ -199,13 +204,15 @@ def read_input(header: dict, binary: bytes) -> list:
         raise InvalidParameter("An input's 'shape' is a list of sizes, such as [1].")
     count, limit = shape[0], current_app.config["MAX_BATCH_FILES"]
     if count > limit:
-        raise TooManyFiles(f"{count} images in one request; the limit is {limit} (the model's max_batch_size).")
+        raise TooManyFiles(f"{count} images in one request; the limit is {limit} "
+                           "(the model's max_batch_size).")
     if count == 0:
         raise EmptyInput("The input holds no image.")
     kind = (given.get("name"), given.get("datatype"))
     size = (given.get("parameters") or {}).get("binary_data_size")
     if size is not None and (type(size) is not int or not 0 <= size <= len(binary) or len(binary) != size):
-        raise InvalidParameter(f"binary_data_size must be the {len(binary)} bytes after the JSON, not {size!r}.")
+        raise InvalidParameter(f"binary_data_size must be the {len(binary)} bytes after the JSON, "
+                               f"not {size!r}.")
     if kind == (IMAGE_INPUT, "BYTES") and shape in ([count], [count, 1]):
         images = byte_elements(binary) if size is not None else base64_elements(given.get("data"))
         if len(images) != count:
@@ -234,7 +241,9 @@ def byte_elements(binary: bytes) -> list[bytes]:
 def base64_elements(data) -> list[bytes]:
     """A BYTES tensor in JSON: each image as a base64 string."""
     # Shape [N] or [N, 1]: each element, or a list of one.
-    flat = [item[0] if isinstance(item, list) and len(item) == 1 else item for item in data] if isinstance(data, list) else None
+    flat = None
+    if isinstance(data, list):
+        flat = [item[0] if isinstance(item, list) and len(item) == 1 else item for item in data]
     if not flat or not all(isinstance(item, str) for item in flat):
         raise InvalidParameter("In JSON, a BYTES input's 'data' is a list of base64 strings, one per image.")
     try:
@@ -244,7 +253,8 @@ def base64_elements(data) -> list[bytes]:
 
 
 def pictures(data, shape: list[int]) -> list[Image.Image]:
-    """FP32 pixels in [0, 1], N×3×H×W, as the model's input pictures (read at 8 bits, as decoded images are)."""
+    """FP32 pixels in [0, 1], N×3×H×W, as the model's input pictures (read at 8 bits, as
+    decoded images are)."""
     try:
         values = np.asarray(data, dtype=np.float32).reshape(shape)
     except (TypeError, ValueError):
@@ -259,7 +269,8 @@ def requested_outputs(header: dict, class_count: int) -> dict:
     """{"classification": k or 0, "binary": bool} for the one output, as the request asks."""
     binary = (header.get("parameters") or {}).get("binary_data_output") is True
     asked = header.get("outputs") or [{"name": OUTPUT}]
-    if not isinstance(asked, list) or len(asked) != 1 or not isinstance(asked[0], dict) or asked[0].get("name") != OUTPUT:
+    one = isinstance(asked, list) and len(asked) == 1 and isinstance(asked[0], dict)
+    if not one or asked[0].get("name") != OUTPUT:
         raise InvalidParameter(f"The one output is {OUTPUT!r}; ask for it, or for no output at all.")
     parameters = asked[0].get("parameters") or {}
     k = parameters.get("classification", 0)
@@ -274,14 +285,19 @@ def respond(header: dict, classifier, predictions, output: dict) -> Response:
     k = output["classification"]
     if k:
         index = {label: position for position, label in enumerate(labels)}
-        strings = [f"{score:f}:{index[label]}:{label}".encode() for p in predictions for label, score in p.top[:k]]
+        strings = [f"{score:f}:{index[label]}:{label}".encode()
+                   for prediction in predictions for label, score in prediction.top[:k]]
         described = tensor(OUTPUT, "BYTES", [count, k])
-        data = b"".join(struct.pack("<I", len(s)) + s for s in strings) if output["binary"] else [s.decode() for s in strings]
+        if output["binary"]:
+            data = b"".join(struct.pack("<I", len(string)) + string for string in strings)
+        else:
+            data = [string.decode() for string in strings]
     else:
         rows = [[dict(p.top)[label] for label in labels] for p in predictions]
         described = tensor(OUTPUT, "FP32", [count, len(labels)])
-        data = np.asarray(rows, dtype="<f4").tobytes() if output["binary"] else [v for row in rows for v in row]
-    answer = {"model_name": classifier.model.name, "model_version": classifier.model.version, "outputs": [described]}
+        data = np.asarray(rows, dtype="<f4").tobytes() if output["binary"] else sum(rows, [])
+    model = classifier.model
+    answer = {"model_name": model.name, "model_version": model.version, "outputs": [described]}
     if "id" in header:
         answer["id"] = str(header["id"])
     if not output["binary"]:
@@ -289,4 +305,5 @@ def respond(header: dict, classifier, predictions, output: dict) -> Response:
         return jsonify(answer)
     described["parameters"] = {"binary_data_size": len(data)}
     head = json.dumps(answer).encode()
-    return Response(head + data, content_type="application/octet-stream", headers={BINARY_HEADER: str(len(head))})
+    return Response(head + data, content_type="application/octet-stream",
+                    headers={BINARY_HEADER: str(len(head))})
