@@ -71,7 +71,8 @@ def test_nginx_accepts_every_rendering(tmp_path, env):
 def test_defaults_limit_each_client_on_the_prediction_routes_only(tmp_path):
     text = rendered(tmp_path)
     assert "zone=predictions:10m rate=600r/m;" in text  # 10 a second
-    predictions = block(text, "location ~ ^/(predict(/|$)|feedback$|device-predictions$) {")
+    predictions = block(text, "location ~ ^/(predict(/|$)|feedback$|device-predictions$|"
+                              "v2/models/[^/]+(/versions/[^/]+)?/infer$) {")
     assert "limit_req zone=predictions burst=20 nodelay;" in predictions
     assert "limit_conn prediction_connections 10;" in predictions
     assert text.count("limit_req zone=") == 1 and text.count("limit_conn prediction_connections") == 1
