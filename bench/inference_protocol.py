@@ -23,7 +23,6 @@ import statistics
 import struct
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from testing.load import Load, send  # noqa: E402
+from testing.load import send, timed_posts  # noqa: E402
 from testing.multipart import form_body  # noqa: E402
 from testing.samples import dataset_jpegs  # noqa: E402
 from testing.servers import procfile_server  # noqa: E402
@@ -64,23 +63,6 @@ def contenders(model: str, images: list[bytes]) -> dict[str, list[tuple[str, byt
         json_type = {"Content-Type": "application/json"}
         requests["OIP infer, JSON"].append((infer, json.dumps(body).encode(), json_type))
     return requests
-
-
-def timed_round(url: str, requests: list[tuple[str, bytes, dict]], count: int,
-                clients: int) -> tuple[float, list[float]]:
-    """Requests/s and every latency (ms) of ``count`` requests by ``clients`` threads;
-    RuntimeError unless all are 200."""
-    load = Load(lambda _thread, index: ("request", *send(url, "POST", *requests[index % len(requests)])),
-                threads=clients, total=count)
-    started = time.perf_counter()
-    with load:
-        load.wait()
-    seconds = time.perf_counter() - started
-    failed = [outcome for outcome in load.outcomes if outcome.status != 200]
-    if failed:
-        first = failed[0]
-        raise RuntimeError(f"{len(failed)} requests failed, e.g. {first.status} {first.error or first.body}")
-    return count / seconds, [(outcome.finished - outcome.started) * 1000 for outcome in load.outcomes]
 
 
 def markdown(throughputs, latencies, args, load_before: str, load_after: str) -> str:
@@ -136,13 +118,13 @@ def main() -> None:
             model = send(url, "GET", "/health")[1]["model"]
             requests = contenders(model, images)
             for name in requests:  # warm-up: every worker's first requests of each kind
-                timed_round(url, requests[name], 8, 2)
+                timed_posts(url, requests[name], 8, 2)
             order = list(requests)
             for round_ in range(args.rounds):
                 random.Random(round_).shuffle(order)
                 for name in order:
                     for clients in (1, args.concurrency):
-                        throughput, times = timed_round(url, requests[name], args.requests, clients)
+                        throughput, times = timed_posts(url, requests[name], args.requests, clients)
                         throughputs[name][clients].append(throughput)
                         latencies[name][clients] += times
                 print(f"[oip] round {round_ + 1} of {args.rounds}", flush=True)

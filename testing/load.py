@@ -185,9 +185,15 @@ class Load:
 def post_round(url: str, bodies: list[tuple[bytes, str]], count: int, clients: int) -> tuple[float, list[float]]:
     """Requests/s and every latency (ms) of ``count`` POST /predict by ``clients`` threads taking
     the (body, Content-Type) pairs in turn; RuntimeError if any answer is not 200."""
+    requests = [("/predict", body, {"Content-Type": content_type}) for body, content_type in bodies]
+    return timed_posts(url, requests, count, clients)
+
+
+def timed_posts(url: str, requests: list[tuple[str, bytes, dict]], count: int,
+                clients: int) -> tuple[float, list[float]]:
+    """``post_round`` for any (path, body, headers) requests, taken in turn."""
     def request(_thread: int, index: int):
-        body, content_type = bodies[index % len(bodies)]
-        return "predict", *send(url, "POST", "/predict", body, {"Content-Type": content_type})
+        return "post", *send(url, "POST", *requests[index % len(requests)])
 
     load = Load(request, threads=clients, total=count)
     started = time.perf_counter()
