@@ -41,7 +41,8 @@ _PIXELS_SHAPE = [3, INPUT_SIZE[1], INPUT_SIZE[0]]
 _PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
 _MODEL_ERRORS = ("unknown_model", "model_not_ready")
 _INFER_ERRORS = ("invalid_parameter", "empty_file", "not_an_image", "image_too_large", "payload_too_large",
-                 "too_many_files", "unauthorized", "rate_limited", *_MODEL_ERRORS)
+                 "too_many_files", "unsupported_type", "unauthorized", "request_timeout", "rate_limited",
+                 *_MODEL_ERRORS)
 _OBJECT = {"type": "object"}
 
 
@@ -51,12 +52,12 @@ class Tensor(Schema):
     shape = fields.List(fields.Integer(), required=True)
 
 
-class Request(Schema):
+class InferenceRequest(Schema):
     inputs = fields.List(fields.Nested(Tensor), required=True)
 
 
 _INFER_BODY = {"required": True, "content": {
-    "application/json": {"schema": Request},
+    "application/json": {"schema": InferenceRequest},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
 }}
 _BINARY_PARAMETER = {"in": "header", "name": BINARY_HEADER, "required": False, "schema": {"type": "integer"},
