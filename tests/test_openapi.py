@@ -119,7 +119,7 @@ SAME_VIEWS = "/versions/"
 
 
 def run_schemathesis(url: str, report_dir: Path, cwd: Path, headers: list[str] = (),
-                     examples: int = 150) -> subprocess.CompletedProcess:
+                     examples: int = 100) -> subprocess.CompletedProcess:
     command = [
         str(Path(sys.executable).parent / "schemathesis"),
         "--config-file", str(ROOT / "tests" / "schemathesis.toml"),
@@ -154,7 +154,7 @@ def test_schemathesis_finds_no_failure(tmp_path, tiny_model_path, api_key):
         operations = documented_operations(send(url, "GET", "/openapi.json")[1])
         # With the key, what is new is the key's checks on every operation: fewer examples do.
         result = run_schemathesis(url, report_dir, cwd=tmp_path, headers=[f"X-API-Key: {api_key}"] if api_key else [],
-                                  examples=50 if api_key else 150)
+                                  examples=50 if api_key else 100)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-8000:]
     # Every generated case passed (a warning that random bytes are mostly refused is fine).
