@@ -14,6 +14,11 @@ and each worker only from the master (its graceful stop, or a reload on SIGHUP);
 from anyone else is noted and waits for that one. Started without the front, or once the
 front is gone, gunicorn takes every SIGTERM as usual. The whole order on a stop:
 docs/operations.md, "Stopping without losing a request".
+
+A worker that is still loading when the stop comes has not started to listen yet, and a
+second SIGTERM pending beside a first is merged into it, keeping the first one's sender: the
+master's could be lost behind the platform's. So the front also leaves a mark (``stop_mark``)
+before it signals gunicorn, and a process that finds it stops as its parent's SIGTERM would.
 """
 
 from __future__ import annotations
@@ -27,11 +32,21 @@ from typing import Callable
 
 from web.settings import read_runtime
 
+# How often a process waiting for its parent's SIGTERM looks for the front's stop mark.
+MARK_CHECK_S = 0.2
+
+
+def stop_mark(ready_file: str | Path) -> Path:
+    """What the front writes just before it signals gunicorn to stop."""
+    return Path(f"{ready_file}.stopping")
+
 
 def when_ready(server) -> None:
     """In gunicorn's master, before it forks a worker: SIGTERM from the front only."""
-    if read_runtime().ready_file:
-        take_sigterm_from_parent_only(lambda: server.signal(signal.SIGTERM, None), server.log)
+    ready_file = read_runtime().ready_file
+    if ready_file:
+        take_sigterm_from_parent_only(lambda: server.signal(signal.SIGTERM, None), server.log,
+                                      stop_mark(ready_file))
 
 
 def post_worker_init(worker) -> None:
@@ -39,7 +54,7 @@ def post_worker_init(worker) -> None:
     ready_file = read_runtime().ready_file
     if not ready_file:
         return  # gunicorn started without the front (bench's direct contender, by hand)
-    take_sigterm_from_parent_only(lambda: stop_worker(worker), worker.log)
+    take_sigterm_from_parent_only(lambda: stop_worker(worker), worker.log, stop_mark(ready_file))
     marks = Path(f"{ready_file}.workers")
     marks.mkdir(exist_ok=True)
     (marks / str(os.getpid())).touch()
@@ -57,8 +72,9 @@ def stop_worker(worker) -> None:
     os.write(worker.PIPE[1], b"1")
 
 
-def take_sigterm_from_parent_only(stop: Callable[[], None], log: logging.Logger) -> None:
-    """Call ``stop`` on a SIGTERM from this process's parent, or on any once the parent is gone.
+def take_sigterm_from_parent_only(stop: Callable[[], None], log: logging.Logger, mark: Path) -> None:
+    """Call ``stop`` on a SIGTERM from this process's parent, on any once the parent is gone,
+    or once the front's stop ``mark`` exists.
 
     Python's signal handlers are not told who sent a signal; ``sigwaitinfo`` is. So SIGTERM
     is blocked in this thread, and so in every thread and child process made after it (the
@@ -69,11 +85,16 @@ def take_sigterm_from_parent_only(stop: Callable[[], None], log: logging.Logger)
 
     def wait() -> None:
         while True:
-            sender = signal.sigwaitinfo({signal.SIGTERM}).si_pid
-            if sender == parent or os.getppid() != parent:
+            received = signal.sigtimedwait({signal.SIGTERM}, MARK_CHECK_S)
+            if received is None:  # no signal: look for the mark
+                if mark.exists():
+                    stop()
+                    return
+                continue
+            if received.si_pid == parent or os.getppid() != parent or mark.exists():
                 stop()
                 return
             log.info("SIGTERM from pid %s waits: process %s stops this one once nginx has drained",
-                     sender, parent)
+                     received.si_pid, parent)
 
     threading.Thread(target=wait, name="sigterm-from-parent", daemon=True).start()

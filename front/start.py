@@ -42,6 +42,7 @@ from web.settings import SettingError, read_settings
 
 from .config import ROOT, CannotStart, open_files, render
 from .files import files_root_for, hand_run_dir_to, nginx_user
+from .hooks import stop_mark
 from .port import close_port, open_port
 
 # Debian and Ubuntu install nginx in /usr/sbin, which a non-root PATH often lacks; on Heroku
@@ -210,6 +211,7 @@ class Front:
             self._close_port()
             send(self.nginx, signal.SIGQUIT)
         else:  # the app is still loading: nothing reaches it yet
+            stop_mark(self.ready_file).touch()
             send(self.app, signal.SIGTERM)
 
     def _close_port(self) -> None:
@@ -223,6 +225,7 @@ class Front:
         self._close_port()
         # SIGINT: nginx's fast stop, for a graceful one that has not ended by the deadline.
         stop(self.nginx, signal.SIGQUIT, signal.SIGINT, deadline)
+        stop_mark(self.ready_file).touch()  # for a worker that was loading at the signal (front/hooks.py)
         stop(self.app, signal.SIGTERM, signal.SIGKILL, deadline)
 
 

@@ -28,7 +28,7 @@ import pytest
 from PIL import Image
 
 from testing import ROOT
-from testing.load import Load, send_unless_refused, slow_post, wait_until
+from testing.load import Load, send_unless_refused, slow_post, wait_for_workers, wait_until
 from testing.multipart import form_body
 from testing.servers import procfile_server
 
@@ -149,3 +149,25 @@ def test_a_stop_answers_every_request_it_accepted_and_writes_every_record(stop, 
     assert figures["records_written"] == figures["answered"] + SLOW_UPLOADS, figures
     # The stop came while requests were in flight, and the clients went on until refused.
     assert answered_after_the_signal and figures["refused"] > 0, figures
+
+
+def test_a_worker_still_loading_at_the_stop_takes_its_masters_stop(tiny_model_path, tmp_path):
+    """gunicorn replaces a worker that died; a dyno's stop can come while the new one loads.
+
+    Its SIGTERM from the platform and its master's arrive before it listens for them, and the
+    kernel keeps only the first sender of a pending SIGTERM: without the front's stop mark the
+    worker waited for a SIGTERM already lost, until the stop's deadline killed it.
+    """
+    log = tmp_path / "server.log"
+    with procfile_server(env={"MODEL_PATH": str(tiny_model_path)}, log_path=log) as (_url, server):
+        workers = wait_for_workers(server.gunicorn_pid, 2)
+        died = sorted(workers)[0]
+        os.kill(died, signal.SIGKILL)
+        loading = (wait_for_workers(server.gunicorn_pid, 2, exclude={died}) - workers).pop()
+        STOPS["every process"](server.process.pid)  # before the new worker has loaded the app
+        wait_gone(server.process)
+    text = log.read_text()
+    assert f"Booting worker with pid: {loading}" in text
+    # It stopped as a worker does (finishing its request in hand), not killed at the deadline.
+    assert f"Worker exiting (pid: {loading})" in text, text[-3000:]
+    assert server.process.returncode == 0
