@@ -85,16 +85,12 @@ def take_sigterm_from_parent_only(stop: Callable[[], None], log: logging.Logger,
 
     def wait() -> None:
         while True:
-            received = signal.sigtimedwait({signal.SIGTERM}, MARK_CHECK_S)
-            if received is None:  # no signal: look for the mark
-                if mark.exists():
-                    stop()
-                    return
-                continue
-            if received.si_pid == parent or os.getppid() != parent or mark.exists():
+            received = signal.sigtimedwait({signal.SIGTERM}, MARK_CHECK_S)  # None: none came
+            if mark.exists() or (received and (received.si_pid == parent or os.getppid() != parent)):
                 stop()
                 return
-            log.info("SIGTERM from pid %s waits: process %s stops this one once nginx has drained",
-                     received.si_pid, parent)
+            if received:
+                log.info("SIGTERM from pid %s waits: process %s stops this one once nginx has drained",
+                         received.si_pid, parent)
 
     threading.Thread(target=wait, name="sigterm-from-parent", daemon=True).start()

@@ -133,6 +133,17 @@ def test_fp32_pixels_answer_as_the_image_does(client, model_name):
     assert scores == pytest.approx(predict_scores(client, GREEN), abs=1e-6)
 
 
+def test_fp32_pixels_in_binary_answer_as_in_json(client, model_name):
+    pixels = to_batch([Image.open(io.BytesIO(GREEN)).convert("RGB")])
+    given = {"name": "pixels", "shape": list(pixels.shape), "datatype": "FP32"}
+    in_json = client.post(f"/v2/models/{model_name}/infer", json={"inputs": [{**given, "data": pixels.ravel().tolist()}]})
+    tensor = pixels.astype("<f4").tobytes()
+    body, headers = binary_body({"inputs": [{**given, "parameters": {"binary_data_size": len(tensor)}}]}, tensor)
+    in_binary = client.post(f"/v2/models/{model_name}/infer", data=body, headers=headers)
+    assert in_binary.status_code == 200
+    assert in_binary.get_json()["outputs"] == in_json.get_json()["outputs"]
+
+
 def image_input(**changes) -> dict:
     given = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(RED).decode()]}
     return {"inputs": [{**given, **changes}]}
@@ -152,6 +163,9 @@ BAD_REQUESTS = {
     "pixel-bomb": (json.dumps(image_input(data=[base64.b64encode(png_header_only(60000, 60000)).decode()])).encode(), {}, 413),
     "pixels-out-of-range": (json.dumps({"inputs": [{"name": "pixels", "shape": [1, 3, 224, 224], "datatype": "FP32",
                                                     "data": [2.0] * (3 * 224 * 224)}]}).encode(), {}, 400),
+    "pixels-binary-not-whole-floats": (*binary_body({"inputs": [{"name": "pixels", "shape": [1, 3, 224, 224],
+                                                                 "datatype": "FP32", "parameters": {"binary_data_size": 5}}]},
+                                                    b"12345"), 400),
     "pixels-too-few": (json.dumps({"inputs": [{"name": "pixels", "shape": [1, 3, 224, 224], "datatype": "FP32",
                                                "data": [0.5] * 10}]}).encode(), {}, 400),
     "unknown-output": (json.dumps({**image_input(), "outputs": [{"name": "logits"}]}).encode(), {}, 400),

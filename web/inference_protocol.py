@@ -27,10 +27,10 @@ from classifier.images import INPUT_SIZE
 
 from .api import api_key_required, classify
 from .api_spec import API_VERSION, Blueprint, Schema
-from .errors import ApiError
+from .errors import OPEN_INFERENCE_PREFIX, ApiError
 from .served_model import get_classifier, loaded_candidate, loaded_classifier, models_for_request
 
-inference_protocol = Blueprint("inference_protocol", __name__, url_prefix="/v2",
+inference_protocol = Blueprint("inference_protocol", __name__, url_prefix=OPEN_INFERENCE_PREFIX.rstrip("/"),
                                description="The Open Inference Protocol (KServe V2, Triton HTTP)")
 
 SERVER_NAME = "image-classification-service"
@@ -211,7 +211,7 @@ def read_input(header: dict, binary: bytes) -> list:
         raise EmptyInput("The input holds no image.")
     kind = (given.get("name"), given.get("datatype"))
     size = (given.get("parameters") or {}).get("binary_data_size")
-    if size is not None and (type(size) is not int or not 0 <= size <= len(binary) or len(binary) != size):
+    if size is not None and (type(size) is not int or size != len(binary)):
         raise InvalidParameter(f"binary_data_size must be the {len(binary)} bytes after the JSON, "
                                f"not {size!r}.")
     if kind == (IMAGE_INPUT, "BYTES") and shape in ([count], [count, 1]):
@@ -220,7 +220,7 @@ def read_input(header: dict, binary: bytes) -> list:
             raise InvalidParameter(f"The input's shape says {count} images; its data holds {len(images)}.")
         return images
     if kind == (PIXELS_INPUT, "FP32") and shape == [count, *_PIXELS_SHAPE]:
-        return pictures(np.frombuffer(binary, "<f4") if size is not None else given.get("data"), shape)
+        return pictures(binary if size is not None else given.get("data"), shape)
     raise InvalidParameter(f"The input is {IMAGE_INPUT!r} (BYTES, shape [N] or [N, 1]) or {PIXELS_INPUT!r} "
                            f"(FP32, shape [N, {', '.join(map(str, _PIXELS_SHAPE))}]); got {kind} {shape}.")
 
@@ -253,11 +253,14 @@ def base64_elements(data) -> list[bytes]:
         raise InvalidParameter("An element of the BYTES input is not base64.") from None
 
 
-def pictures(data, shape: list[int]) -> list[Image.Image]:
-    """FP32 pixels in [0, 1], N×3×H×W, as the model's input pictures (read at 8 bits, as
-    decoded images are)."""
+def pictures(data: bytes | list, shape: list[int]) -> list[Image.Image]:
+    """FP32 pixels in [0, 1], N×3×H×W (little-endian bytes, or numbers in JSON), as the model's
+    input pictures (read at 8 bits, as decoded images are)."""
     try:
-        values = np.asarray(data, dtype=np.float32).reshape(shape)
+        if isinstance(data, bytes):
+            values = np.frombuffer(data, "<f4").reshape(shape)
+        else:
+            values = np.asarray(data, dtype=np.float32).reshape(shape)
     except (TypeError, ValueError):
         raise InvalidParameter(f"The FP32 input's data must hold {int(np.prod(shape))} numbers.") from None
     if not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
@@ -294,7 +297,7 @@ def respond(header: dict, classifier, predictions, output: dict) -> Response:
         else:
             data = [string.decode() for string in strings]
     else:
-        rows = [[dict(p.top)[label] for label in labels] for p in predictions]
+        rows = [[scores[label] for label in labels] for scores in (dict(p.top) for p in predictions)]
         described = tensor(OUTPUT, "FP32", [count, len(labels)])
         data = np.asarray(rows, dtype="<f4").tobytes() if output["binary"] else sum(rows, [])
     model = classifier.model
